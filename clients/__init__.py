@@ -1,0 +1,1 @@
+"""Outside systems, one package each: an interface, a local implementation and a cloud one."""

@@ -1,0 +1,53 @@
+"""The one settings object: environment variables prefixed ``STACKFLOWS_`` and an optional ``.env``.
+
+Each outside system owns its section (``STACKFLOWS_<SECTION>__<FIELD>``), defined beside its client,
+so a client can be read and changed without touching the others.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from clients.batch.settings import BatchSettings
+from clients.llm.settings import AgentSettings
+from clients.ocr.settings import OcrSettings
+from clients.storage.settings import StorageSettings
+from clients.model_settings import ModelSettings
+
+
+class Settings(BaseSettings):
+    """Everything a run needs to know about where things live; defaults run on one laptop."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STACKFLOWS_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+    )
+
+    data_dir: Path = Field(
+        default=Path(".stackflows"),
+        description="Root of everything the embedded defaults write: objects, job directories, reports.",
+    )
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    batch: BatchSettings = Field(default_factory=BatchSettings)
+    agent: AgentSettings = Field(default_factory=AgentSettings)
+    ocr: OcrSettings = Field(default_factory=OcrSettings)
+
+    @property
+    def storage_root(self) -> str:
+        """Where objects go: the configured ``gs://`` / ``file://`` root, else ``file://<data_dir>/objects``."""
+        if self.storage.root:
+            return self.storage.root.rstrip("/")
+        return (self.data_dir / "objects").resolve().as_uri()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings read once per process; tests call ``get_settings.cache_clear()`` after changing the environment."""
+    return Settings()

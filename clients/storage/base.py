@@ -1,0 +1,54 @@
+"""The object store interface every storage backend implements.
+
+Keys are paths below a store's root; URIs are ``<scheme>://...`` strings that name one object.
+Two rules hold for every backend: nothing is ever overwritten (writes are create-only and atomic),
+and what is read back is checked against what was written.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+from pydantic import BaseModel
+
+
+class ObjectExistsError(FileExistsError):
+    """A create-only write found an object already at that URI."""
+
+
+class ObjectNotFoundError(FileNotFoundError):
+    """No object at that URI."""
+
+
+class StoredObject(BaseModel):
+    uri: str
+    size: int
+    sha256: str
+    uploaded: bool  # False when an identical object was already there
+
+
+class ObjectStore(ABC):
+    """One storage system (a directory tree, a GCS bucket) reached through URIs."""
+
+    @abstractmethod
+    def put_file(self, local_path: Path, uri: str) -> StoredObject:
+        """Copy a local file to ``uri``; fails with ObjectExistsError if anything is there."""
+
+    @abstractmethod
+    def put_bytes(self, data: bytes, uri: str) -> StoredObject:
+        """Write ``data`` to ``uri``, create-only."""
+
+    @abstractmethod
+    def get_file(self, uri: str, local_path: Path) -> Path:
+        """Download ``uri`` to ``local_path`` (checksum verified); returns the path."""
+
+    @abstractmethod
+    def get_bytes(self, uri: str) -> bytes: ...
+
+    @abstractmethod
+    def exists(self, uri: str) -> bool: ...
+
+    @abstractmethod
+    def list(self, prefix_uri: str) -> list[str]:
+        """URIs of the objects under a prefix, sorted."""

@@ -1,0 +1,16 @@
+"""Object storage settings (``STACKFLOWS_STORAGE__*``)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class StorageSettings(BaseModel):
+    root: str | None = Field(
+        default=None,
+        description="gs://bucket/prefix or file:///path. Unset: file:// under the data directory.",
+    )
+    project: str | None = Field(default=None, description="GCP project for the storage client.")
+    chunk_size_mb: int = Field(
+        default=16, ge=1, description="Resumable upload chunk size (rounded to 256 KiB multiples)."
+    )

@@ -1,0 +1,1 @@
+"""Code that runs inside the GPU container. Never imports Prefect."""
