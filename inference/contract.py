@@ -39,6 +39,12 @@ class StackJobSpec(BaseModel):
     )
     checkpoint_uri: str = Field(description="STACK checkpoint (Lightning layout).")
     gene_list_uri: str = Field(description="Pickled list of the model's gene symbols.")
+    prompt_obs_filter: dict[str, list[str]] | None = Field(
+        default=None, description="Keep prompt cells whose obs[column] is one of the values (all must hold)."
+    )
+    query_obs_filter: dict[str, list[str]] | None = Field(
+        default=None, description="Keep query cells whose obs[column] is one of the values (all must hold)."
+    )
     split_column: str | None = Field(
         default=None, description="obs column of the prompt data whose values define the contexts."
     )
