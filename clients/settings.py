@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from clients.batch.settings import BatchSettings
@@ -17,6 +17,14 @@ from clients.llm.settings import AgentSettings
 from clients.ocr.settings import OcrSettings
 from clients.storage.settings import StorageSettings
 from clients.model_settings import ModelSettings
+
+
+class FaultSettings(BaseModel):
+    """Injected faults for resume tests (see flows/faults.py); off by default."""
+
+    fail_once_after: list[str] = Field(
+        default_factory=list, description="Steps after which each flow run fails once (testing only)."
+    )
 
 
 class Settings(BaseSettings):
@@ -38,6 +46,7 @@ class Settings(BaseSettings):
     batch: BatchSettings = Field(default_factory=BatchSettings)
     agent: AgentSettings = Field(default_factory=AgentSettings)
     ocr: OcrSettings = Field(default_factory=OcrSettings)
+    faults: FaultSettings = Field(default_factory=FaultSettings)
 
     @property
     def storage_root(self) -> str:
