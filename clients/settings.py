@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from api.settings import ApiSettings
 from clients.batch.settings import BatchSettings
 from clients.llm.settings import AgentSettings
 from clients.ocr.settings import OcrSettings
@@ -47,6 +48,7 @@ class Settings(BaseSettings):
     agent: AgentSettings = Field(default_factory=AgentSettings)
     ocr: OcrSettings = Field(default_factory=OcrSettings)
     faults: FaultSettings = Field(default_factory=FaultSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
 
     @property
     def storage_root(self) -> str:

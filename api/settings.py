@@ -1,0 +1,34 @@
+"""HTTP API settings (``STACKFLOWS_API__*``): the token, which deployment runs, and what the API accepts."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field, SecretStr
+
+
+class ApiSettings(BaseModel):
+    token: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Bearer token every call but /healthz must send. Required: the API refuses to start without it."
+        ),
+    )
+    deployment: str = Field(
+        default="analysis-run/local",
+        description="Deployment that POST /runs triggers, as '<flow name>/<deployment name>'.",
+    )
+    ui_url: str | None = Field(
+        default=None,
+        description="Prefect UI base URL for run links; unset: Prefect's PREFECT_UI_URL.",
+    )
+    max_body_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        description="Largest request body accepted (requests carry URIs, never data).",
+    )
+    allowed_uri_prefixes: list[str] | None = Field(
+        default=None,
+        description=(
+            "URIs a request may name (file:// or local directories, gs://bucket/prefix). "
+            "Unset: the data directory and the storage root."
+        ),
+    )
