@@ -52,3 +52,11 @@ class ObjectStore(ABC):
     @abstractmethod
     def list(self, prefix_uri: str) -> list[str]:
         """URIs of the objects under a prefix, sorted."""
+
+    def size(self, uri: str) -> int:
+        """Size in bytes of the object at ``uri`` (ObjectNotFoundError if none)."""
+        return len(self.get_bytes(uri))
+
+    def local_path(self, uri: str) -> Path | None:
+        """The local file behind ``uri`` when the store is a filesystem, so readers can skip a copy."""
+        return None

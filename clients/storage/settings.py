@@ -14,3 +14,8 @@ class StorageSettings(BaseModel):
     chunk_size_mb: int = Field(
         default=16, ge=1, description="Resumable upload chunk size (rounded to 256 KiB multiples)."
     )
+    retry_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="How long transient GCS errors (429, 5xx, dropped connections) are retried per call.",
+    )

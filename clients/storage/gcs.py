@@ -1,0 +1,202 @@
+"""``gs://`` objects through google-cloud-storage.
+
+Every write carries ``if_generation_match=0`` (create-only: GCS answers 412 if anything is there),
+so retries are safe and nothing is ever overwritten. Large files go up as resumable uploads in
+chunks of a multiple of 256 KiB; the file's crc32c is sent with the upload (GCS rejects a
+mismatch) and compared again with what the server reports afterwards. Downloads are checked
+against the object's crc32c before they are moved into place. Transient errors (429, 5xx,
+connection resets) are retried with google-api-core's ``Retry``.
+
+The client is a plain ``storage.Client``: with ``STORAGE_EMULATOR_HOST`` set it talks, anonymously,
+to that emulator instead of Google.
+
+    store = GcsStore(storage.Client(), chunk_size=16 * 1024 * 1024)
+    store.put_file(Path("cells.h5ad"), "gs://my-bucket/inputs/cells.h5ad")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+from google.api_core import exceptions as gexc
+from google.api_core.retry import Retry
+from google.cloud import storage
+from google.cloud.storage.exceptions import DataCorruption
+from google.cloud.storage.retry import DEFAULT_RETRY
+
+from clients.storage.base import ObjectExistsError, ObjectNotFoundError, ObjectStore, StoredObject
+from clients.storage.digests import FileDigest, crc32c_b64, crc32c_of_file, digest_file
+from clients.storage.uris import split_gs_uri
+
+CHUNK_QUANTUM = 256 * 1024  # GCS requires resumable chunks to be multiples of 256 KiB
+RESUMABLE_THRESHOLD = 8 * 1024 * 1024  # above this a file goes up in chunks (the library's own threshold)
+
+
+def round_chunk_size(nbytes: int) -> int:
+    """The nearest multiple of 256 KiB at or below ``nbytes`` (at least 256 KiB)."""
+    return max(CHUNK_QUANTUM, nbytes // CHUNK_QUANTUM * CHUNK_QUANTUM)
+
+
+class ChecksumMismatchError(IOError):
+    """What arrived differs from what was sent; the corrupt copy has been removed."""
+
+
+class GcsStore(ObjectStore):
+    """A GCS store; one instance can serve any bucket the client may reach."""
+
+    def __init__(
+        self,
+        client: storage.Client,
+        *,
+        chunk_size: int = 16 * 1024 * 1024,
+        retry: Retry = DEFAULT_RETRY,
+    ) -> None:
+        self.client = client
+        self.chunk_size = round_chunk_size(chunk_size)
+        self.retry = retry
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    def put_file(self, local_path: Path, uri: str, digest: FileDigest | None = None) -> StoredObject:
+        """Upload a file create-only. ``digest`` skips re-hashing when the caller already has it."""
+        digest = digest or digest_file(Path(local_path))
+        blob = self._blob(uri, chunk_size=self.chunk_size if digest.size > RESUMABLE_THRESHOLD else None)
+        blob.metadata = {"sha256": digest.sha256}
+        with self._errors(uri):
+            blob.upload_from_filename(
+                str(local_path),
+                if_generation_match=0,
+                checksum="crc32c",
+                crc32c_checksum_value=digest.crc32c if digest.size > RESUMABLE_THRESHOLD else None,
+                retry=self.retry,
+            )
+        self._verify_upload(blob, uri, digest.crc32c)
+        return StoredObject(uri=uri, size=digest.size, sha256=digest.sha256, uploaded=True)
+
+    def put_bytes(self, data: bytes, uri: str) -> StoredObject:
+        sha = hashlib.sha256(data).hexdigest()
+        blob = self._blob(uri)
+        blob.metadata = {"sha256": sha}
+        with self._errors(uri):
+            blob.upload_from_string(data, if_generation_match=0, checksum="crc32c", retry=self.retry)
+        self._verify_upload(blob, uri, crc32c_b64(data))
+        return StoredObject(uri=uri, size=len(data), sha256=sha, uploaded=True)
+
+    def _verify_upload(self, blob: storage.Blob, uri: str, expected_crc32c: str) -> None:
+        if blob.crc32c != expected_crc32c:
+            # Only the generation we just wrote is removed: never anything older or newer.
+            blob.delete(if_generation_match=blob.generation, retry=self.retry)
+            raise ChecksumMismatchError(
+                f"{uri}: the server holds crc32c {blob.crc32c} but we sent {expected_crc32c}; "
+                "the corrupt upload was deleted, upload again"
+            )
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def get_file(self, uri: str, local_path: Path) -> Path:
+        """Download to a temp file beside ``local_path``, check its crc32c, then move it into place."""
+        local_path = Path(local_path)
+        blob = self._metadata(uri)
+        local_path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{local_path.name}.", suffix=".part", dir=local_path.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            with self._errors(uri):
+                # Pin the generation we looked at, so a concurrent change cannot mix two versions.
+                blob.download_to_filename(
+                    str(tmp), if_generation_match=blob.generation, checksum="crc32c", retry=self.retry
+                )
+            got = crc32c_of_file(tmp)
+            if got != blob.crc32c:
+                raise ChecksumMismatchError(
+                    f"{uri}: downloaded crc32c {got} differs from the object's {blob.crc32c}; download again"
+                )
+            os.replace(tmp, local_path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return local_path
+
+    def get_bytes(self, uri: str) -> bytes:
+        blob = self._metadata(uri)
+        with self._errors(uri):
+            data = blob.download_as_bytes(if_generation_match=blob.generation, checksum="crc32c", retry=self.retry)
+        if crc32c_b64(data) != blob.crc32c:
+            raise ChecksumMismatchError(f"{uri}: downloaded bytes do not match the object's crc32c; read again")
+        return data
+
+    def exists(self, uri: str) -> bool:
+        with self._errors(uri):
+            return self._blob(uri).exists(retry=self.retry)
+
+    def size(self, uri: str) -> int:
+        return int(self._metadata(uri).size)
+
+    def stored_sha256(self, uri: str) -> str | None:
+        """The sha256 recorded in the object's metadata at upload (None for objects others wrote)."""
+        return (self._metadata(uri).metadata or {}).get("sha256")
+
+    def list(self, prefix_uri: str) -> list[str]:
+        bucket, prefix = split_gs_uri(prefix_uri)
+        with self._errors(prefix_uri):
+            blobs = self.client.list_blobs(bucket, prefix=prefix, retry=self.retry)
+            return sorted(f"gs://{bucket}/{b.name}" for b in blobs)
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _blob(self, uri: str, chunk_size: int | None = None) -> storage.Blob:
+        bucket, key = split_gs_uri(uri)
+        if not key:
+            raise ValueError(f"{uri}: names a bucket, not an object")
+        return self.client.bucket(bucket).blob(key, chunk_size=chunk_size)
+
+    def _metadata(self, uri: str) -> storage.Blob:
+        bucket, key = split_gs_uri(uri)
+        with self._errors(uri):
+            blob = self.client.bucket(bucket).get_blob(key, retry=self.retry)
+        if blob is None:
+            raise ObjectNotFoundError(f"{uri}: no such object")
+        return blob
+
+    def _errors(self, uri: str) -> _GcsErrors:
+        return _GcsErrors(uri)
+
+
+class _GcsErrors:
+    """Turns the service's answers into this package's errors, keeping the service's words."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc is None:
+            return False
+        if isinstance(exc, gexc.PreconditionFailed):
+            raise ObjectExistsError(f"{self.uri}: an object is already there; writes never overwrite") from exc
+        if isinstance(exc, gexc.NotFound):
+            raise ObjectNotFoundError(f"{self.uri}: not found (no such object or bucket): {exc.message}") from exc
+        if isinstance(exc, DataCorruption):
+            raise ChecksumMismatchError(f"{self.uri}: checksum mismatch in transfer: {exc}") from exc
+        return False
+
+
+@lru_cache(maxsize=8)
+def _client(project: str | None, emulator_host: str | None) -> storage.Client:
+    # emulator_host is part of the cache key only: storage.Client reads STORAGE_EMULATOR_HOST itself.
+    return storage.Client(project=project)
+
+
+def gcs_store_from_settings() -> GcsStore:
+    """A GcsStore configured from ``STACKFLOWS_STORAGE__*`` (project, chunk size)."""
+    from clients.settings import get_settings
+
+    cfg = get_settings().storage
+    client = _client(cfg.project, os.environ.get("STORAGE_EMULATOR_HOST"))
+    return GcsStore(client, chunk_size=cfg.chunk_size_mb * 1024 * 1024, retry=DEFAULT_RETRY.with_timeout(cfg.retry_timeout_s))
