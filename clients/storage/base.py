@@ -12,6 +12,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from clients.storage.digests import FileDigest
+
 
 class ObjectExistsError(FileExistsError):
     """A create-only write found an object already at that URI."""
@@ -32,8 +34,12 @@ class ObjectStore(ABC):
     """One storage system (a directory tree, a GCS bucket) reached through URIs."""
 
     @abstractmethod
-    def put_file(self, local_path: Path, uri: str) -> StoredObject:
-        """Copy a local file to ``uri``; fails with ObjectExistsError if anything is there."""
+    def put_file(self, local_path: Path, uri: str, digest: FileDigest | None = None) -> StoredObject:
+        """Copy a local file to ``uri``; fails with ObjectExistsError if anything is there.
+
+        ``digest`` (from ``clients.storage.digests``) saves re-reading a file the caller has hashed;
+        the write fails if the file no longer matches it.
+        """
 
     @abstractmethod
     def put_bytes(self, data: bytes, uri: str) -> StoredObject:

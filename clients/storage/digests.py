@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 from pathlib import Path
 
 import google_crc32c
@@ -37,3 +38,33 @@ def digest_file(path: Path) -> FileDigest:
 
 def crc32c_of_file(path: Path) -> str:
     return digest_file(path).crc32c
+
+
+def _stat_key(path: Path) -> str:
+    st = path.stat()
+    ident = f"{path.resolve()}|{st.st_dev}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}"
+    return hashlib.sha256(ident.encode()).hexdigest()
+
+
+def digest_file_cached(path: Path, cache_dir: Path | None) -> FileDigest:
+    """``digest_file`` remembered by the file's identity and stat (path, inode, size, mtime, ctime).
+
+    Re-staging an unchanged file then costs a ``stat`` instead of a full read, the way git's index
+    and rsync skip unchanged files. Any write to the file changes its ctime, so a stale entry is
+    never used. ``cache_dir=None`` always hashes.
+    """
+    path = Path(path)
+    if cache_dir is None:
+        return digest_file(path)
+    entry = Path(cache_dir) / f"{_stat_key(path)}.json"
+    try:
+        return FileDigest.model_validate_json(entry.read_text())
+    except (OSError, ValueError):
+        pass
+    digest = digest_file(path)
+    if _stat_key(path) == entry.stem:  # unchanged while we read it
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        tmp = entry.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(digest.model_dump_json())
+        os.replace(tmp, entry)
+    return digest

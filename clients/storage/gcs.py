@@ -62,16 +62,22 @@ class GcsStore(ObjectStore):
     # -- writes ---------------------------------------------------------------------------------
 
     def put_file(self, local_path: Path, uri: str, digest: FileDigest | None = None) -> StoredObject:
-        """Upload a file create-only. ``digest`` skips re-hashing when the caller already has it."""
+        """Upload a file create-only. ``digest`` skips re-hashing when the caller already has it.
+
+        Large files: the crc32c computed in the hashing pass is sent with the upload, so the server
+        rejects anything else, and compared with the server's afterwards; the library's own
+        per-chunk checksum is then redundant and left off (it would read the file a second time).
+        """
         digest = digest or digest_file(Path(local_path))
-        blob = self._blob(uri, chunk_size=self.chunk_size if digest.size > RESUMABLE_THRESHOLD else None)
+        resumable = digest.size > RESUMABLE_THRESHOLD
+        blob = self._blob(uri, chunk_size=self.chunk_size if resumable else None)
         blob.metadata = {"sha256": digest.sha256}
         with self._errors(uri):
             blob.upload_from_filename(
                 str(local_path),
                 if_generation_match=0,
-                checksum="crc32c",
-                crc32c_checksum_value=digest.crc32c if digest.size > RESUMABLE_THRESHOLD else None,
+                checksum=None if resumable else "crc32c",
+                crc32c_checksum_value=digest.crc32c if resumable else None,
                 retry=self.retry,
             )
         self._verify_upload(blob, uri, digest.crc32c)
@@ -182,6 +188,8 @@ class _GcsErrors:
             raise ObjectExistsError(f"{self.uri}: an object is already there; writes never overwrite") from exc
         if isinstance(exc, gexc.NotFound):
             raise ObjectNotFoundError(f"{self.uri}: not found (no such object or bucket): {exc.message}") from exc
+        if isinstance(exc, (gexc.Conflict, gexc.BadRequest)) and "crc32c" in str(exc).lower():
+            raise ChecksumMismatchError(f"{self.uri}: the server rejected the upload's crc32c: {exc.message}") from exc
         if isinstance(exc, DataCorruption):
             raise ChecksumMismatchError(f"{self.uri}: checksum mismatch in transfer: {exc}") from exc
         return False

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from clients.storage.base import ObjectExistsError, ObjectNotFoundError, ObjectStore, StoredObject
+from clients.storage.digests import FileDigest
 from clients.storage.uris import local_path_of
 
 _COPY_BLOCK = 8 * 1024 * 1024
@@ -40,6 +41,10 @@ def _copy_hashing(src: BinaryIO, dst: BinaryIO) -> tuple[int, str]:
         dst.write(block)
         size += len(block)
     return size, digest.hexdigest()
+
+
+class ChangedWhileCopyingError(IOError):
+    """The source file is not the one the caller hashed; nothing was written."""
 
 
 class LocalStore(ObjectStore):
@@ -71,9 +76,13 @@ class LocalStore(ObjectStore):
         finally:
             tmp.unlink(missing_ok=True)
 
-    def put_file(self, local_path: Path, uri: str) -> StoredObject:
+    def put_file(self, local_path: Path, uri: str, digest: FileDigest | None = None) -> StoredObject:
         with open(local_path, "rb") as src, self._create_only(uri) as dst:
             size, sha = _copy_hashing(src, dst)
+            if digest is not None and (size, sha) != (digest.size, digest.sha256):
+                raise ChangedWhileCopyingError(
+                    f"{local_path}: changed after it was hashed (now {size} bytes, sha256 {sha}); stage it again"
+                )
         return StoredObject(uri=self._canonical(uri), size=size, sha256=sha, uploaded=True)
 
     def put_bytes(self, data: bytes, uri: str) -> StoredObject:

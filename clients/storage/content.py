@@ -1,0 +1,67 @@
+"""Content-addressed placement: a file goes to ``<root>/inputs/<sha256>/<filename>``, once.
+
+The sha256 in the key makes the URI a name for the bytes themselves: staging the same file again
+(from any machine, any flow run) finds it there and uploads nothing, and a job that reads the URI
+always reads exactly what was validated.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from clients.storage import store_for
+from clients.storage.base import ObjectExistsError, ObjectNotFoundError, StoredObject
+from clients.storage.digests import FileDigest, digest_file_cached
+from clients.storage.uris import join_uri
+
+INPUTS_PREFIX = "inputs"
+
+
+class ContentMismatchError(RuntimeError):
+    """The object at a content address is not the content its name says (it was tampered with)."""
+
+
+def content_uri(root: str, sha256: str, filename: str) -> str:
+    return join_uri(root, INPUTS_PREFIX, sha256, filename)
+
+
+def put_content_addressed(
+    local_path: Path,
+    root: str,
+    *,
+    filename: str | None = None,
+    digest: FileDigest | None = None,
+    digest_cache_dir: Path | None = None,
+) -> StoredObject:
+    """Store ``local_path`` under its sha256 below ``root``; ``uploaded=False`` if it was already there.
+
+    ``digest_cache_dir`` remembers digests by file stat so an unchanged file is not re-read.
+    """
+    local_path = Path(local_path)
+    digest = digest or digest_file_cached(local_path, digest_cache_dir)
+    uri = content_uri(root, digest.sha256, filename or local_path.name)
+    store = store_for(uri)
+    present = _present(store, uri, digest)
+    if present is not None:
+        return present
+    try:
+        return store.put_file(local_path, uri, digest=digest)
+    except ObjectExistsError:
+        # Someone (or an earlier attempt of this call) stored it first: same name, same bytes.
+        present = _present(store, uri, digest)
+        if present is None:
+            raise
+        return present
+
+
+def _present(store, uri: str, digest: FileDigest) -> StoredObject | None:
+    try:
+        size = store.size(uri)
+    except ObjectNotFoundError:
+        return None
+    if size != digest.size:
+        raise ContentMismatchError(
+            f"{uri}: holds {size} bytes but its name promises {digest.size} bytes of sha256 {digest.sha256}; "
+            "the object was changed outside stackflows: remove it and stage again"
+        )
+    return StoredObject(uri=uri, size=size, sha256=digest.sha256, uploaded=False)
