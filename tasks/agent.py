@@ -1,0 +1,168 @@
+"""The agent's two steps as Prefect tasks: plan the run, interpret its predictions.
+
+Each step is a task whose result is persisted under a cache key made from its inputs and the
+agent settings that shape the answer, so a retried flow run reads the earlier plan or findings
+instead of paying for the same reasoning twice. With ``ANTHROPIC_API_KEY`` (or the Prefect Secret
+block named by ``STACKFLOWS_AGENT__API_KEY_SECRET_BLOCK``) Claude does the work; without one the
+offline planner and summary do, and say so. The key is read inside the task, never passed in.
+
+Logs carry counts, names and token figures only: never the key, the question, documents or what
+the model wrote.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any
+
+from prefect import task
+from prefect.context import TaskRunContext
+from prefect.logging import get_run_logger
+
+from clients.llm.claude import ClaudeClient
+from clients.llm.settings import AgentSettings
+from clients.settings import get_settings
+from clients.storage import local_path_of, scheme_of
+from flows.models import AnalysisRequest
+from inference.contract import PredictionSummary
+from tasks.claude_agent import interpret_with_claude, plan_with_claude
+from tasks.offline_findings import offline_findings
+from tasks.offline_planner import offline_plan
+from tasks.plan import Findings, RunPlan
+from tasks.plan_checks import PlanInvalid, check_plan, check_request
+from tasks.plan_data import PlanData
+
+API_KEY_ENV = "ANTHROPIC_API_KEY"
+# Agent settings that change what a step answers; the others (prices, timeouts) do not invalidate results.
+_ANSWER_SHAPING = (
+    "model",
+    "max_tokens",
+    "temperature",
+    "base_url",
+    "max_tool_turns",
+    "max_document_chars",
+    "min_prompt_cells_per_split",
+    "min_query_cells",
+    "max_split_values",
+    "default_num_steps",
+)
+
+
+def anthropic_api_key(settings: AgentSettings) -> str | None:
+    """The API key from the environment, else from the configured Prefect Secret block, else None."""
+    key = os.environ.get(API_KEY_ENV, "").strip()
+    if key:
+        return key
+    if settings.api_key_secret_block:
+        from prefect.blocks.system import Secret
+
+        try:
+            secret = Secret.load(settings.api_key_secret_block)
+        except ValueError as missing:
+            raise ValueError(
+                f"STACKFLOWS_AGENT__API_KEY_SECRET_BLOCK names Secret block {settings.api_key_secret_block!r}, "
+                "which does not exist: create it (prefect block create secret) or unset the setting"
+            ) from missing
+        return str(secret.get()).strip() or None
+    return None
+
+
+def planner_identity(settings: AgentSettings) -> dict[str, Any]:
+    """Who would answer now: the offline code, or a model with these settings (never the key itself)."""
+    if anthropic_api_key(settings) is None:
+        return {"planner": "offline"}
+    return {"planner": "claude", **settings.model_dump(include=set(_ANSWER_SHAPING))}
+
+
+def _agent_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    settings = get_settings().agent
+    payload = {
+        "task": context.task.name,
+        "who": planner_identity(settings),
+        "limits": settings.model_dump(include=set(_ANSWER_SHAPING) - {"model", "base_url"}),
+        "inputs": {name: _canonical(value) for name, value in sorted(parameters.items())},
+    }
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+    return f"stackflows-agent-{context.task.name}-{digest}"
+
+
+def _canonical(value: Any) -> Any:
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if isinstance(value, str) and _is_local_h5ad(value):
+        # Staged URIs are content-addressed; a plain path may change under the same name.
+        stat = local_path_of(value).stat()
+        return {"uri": value, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return value
+
+
+def _is_local_h5ad(value: str) -> bool:
+    try:
+        return value.endswith(".h5ad") and scheme_of(value) == "file" and local_path_of(value).is_file()
+    except ValueError:
+        return False
+
+
+@task(name="plan-run", persist_result=True, cache_key_fn=_agent_cache_key)
+def plan_run(
+    request: AnalysisRequest,
+    prompt_uri: str,
+    query_uri: str,
+    document_text: str = "",
+    gene_overlap: float | None = None,
+) -> RunPlan:
+    """Decide which cells and contexts answer the question, checked against the staged data.
+
+    The request's explicit plan fields are checked first and always win; a plan that does not fit
+    the data fails here, before any upload or GPU job.
+    """
+    logger = get_run_logger()
+    settings = get_settings().agent
+    data = PlanData.from_uris(prompt_uri, query_uri, gene_overlap=gene_overlap)
+    check_request(request, data, settings)
+    key = anthropic_api_key(settings)
+    if key is None:
+        logger.info("No %s: the offline planner plans this run", API_KEY_ENV)
+        plan = offline_plan(request, data, settings)
+    else:
+        logger.info("Planning with %s", settings.model)
+        with ClaudeClient(settings, api_key=key) as client:
+            plan = plan_with_claude(client, request, data, document_text)
+    problems = check_plan(plan, data, settings)
+    if problems:  # the planners check their own plans; this guards the contract
+        raise PlanInvalid(f"The plan by {plan.planned_by} does not fit the data:", problems)
+    logger.info(
+        "Plan by %s: %d contexts of %r, %d prompt and %d query cells, %d steps%s",
+        plan.planned_by,
+        len(plan.split_values),
+        plan.split_column,
+        data.prompt.count(plan.prompt_obs_filter),
+        data.query.count(plan.query_obs_filter),
+        plan.num_steps,
+        f"; {plan.usage.line()}" if plan.usage else "",
+    )
+    return plan
+
+
+@task(name="interpret-predictions", persist_result=True, cache_key_fn=_agent_cache_key)
+def interpret(plan: RunPlan, summary: PredictionSummary, question: str | None = None) -> Findings:
+    """Findings and caveats in markdown from the job's prediction summary; says if the model was untrained."""
+    logger = get_run_logger()
+    settings = get_settings().agent
+    key = anthropic_api_key(settings)
+    if key is None:
+        logger.info("No %s: writing the offline summary of the predictions", API_KEY_ENV)
+        findings = offline_findings(plan, summary)
+    else:
+        with ClaudeClient(settings, api_key=key) as client:
+            findings = interpret_with_claude(client, plan, summary, question)
+    logger.info(
+        "Findings by %s (%d caveats%s)%s",
+        findings.written_by,
+        len(findings.caveats),
+        "; STACK model untrained" if not findings.model_trained else "",
+        f"; {findings.usage.line()}" if findings.usage else "",
+    )
+    return findings

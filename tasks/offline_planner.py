@@ -1,0 +1,140 @@
+"""A plan made without a model: the request's explicit fields, and sound defaults from the data.
+
+Used when no ``ANTHROPIC_API_KEY`` is set. It is deterministic: the same request and data give the
+same plan. Where the request leaves the split open it picks a categorical prompt column with
+several well-populated values, preferring one whose values the question mentions, then one whose
+name looks like a cell label or condition.
+"""
+
+from __future__ import annotations
+
+import re
+
+from clients.llm.settings import AgentSettings
+from flows.models import AnalysisRequest
+from tasks.plan import RunPlan
+from tasks.plan_checks import PlanInvalid, explicit_fields
+from tasks.plan_data import ObsTable, PlanData
+
+OFFLINE_PLANNER = "offline planner (no ANTHROPIC_API_KEY)"
+
+# Column names that usually hold the contexts people ask about, most telling first.
+NAME_HINTS = (
+    "cell_type",
+    "celltype",
+    "cell_label",
+    "bulk_labels",
+    "label",
+    "annotation",
+    "condition",
+    "treatment",
+    "perturbation",
+    "stim",
+    "disease",
+    "tissue",
+    "leiden",
+    "louvain",
+    "cluster",
+)
+
+
+def offline_plan(request: AnalysisRequest, data: PlanData, settings: AgentSettings) -> RunPlan:
+    """The plan for ``request`` on ``data`` without a model; raises PlanInvalid if nothing fits."""
+    fixed = explicit_fields(request)
+    prompt_filter = fixed.get("prompt_obs_filter")
+    reasons: list[str] = []
+    column = fixed.get("split_column")
+    if column is None:
+        column, why = _choose_split_column(request.question, data.prompt, prompt_filter, settings)
+        reasons.append(why)
+    else:
+        reasons.append(f"split on {column!r} as the request asks")
+    values = fixed.get("split_values")
+    if values is None:
+        values = _choose_split_values(request.question, data.prompt, column, prompt_filter, settings)
+        reasons.append(
+            f"contexts: the {len(values)} values with at least {settings.min_prompt_cells_per_split} prompt "
+            "cells (values the question names first, then the largest)"
+        )
+    else:
+        reasons.append("contexts as the request names them")
+    query_filter = fixed.get("query_obs_filter")
+    query_cells = data.query.count(query_filter)
+    reasons.append(f"query: {query_cells} cells" + (" matching the request's filter" if query_filter else " (all)"))
+    num_steps = fixed.get("num_steps", settings.default_num_steps)
+    reasons.append(f"{num_steps} generation steps" + ("" if "num_steps" in fixed else " (default)"))
+    return RunPlan(
+        split_column=column,
+        split_values=values,
+        prompt_obs_filter=prompt_filter,
+        query_obs_filter=query_filter,
+        num_steps=num_steps,
+        seed=request.seed,
+        precision=request.precision,
+        rationale="Planned without a model; " + "; ".join(reasons) + ".",
+        planned_by=OFFLINE_PLANNER,
+    )
+
+
+def _choose_split_column(
+    question: str, table: ObsTable, prompt_filter: dict[str, list[str]] | None, settings: AgentSettings
+) -> tuple[str, str]:
+    words = _words(question)
+    best: tuple[tuple[int, int, int], str] | None = None
+    for column in table.obs.columns:
+        if not table.is_categorical(column):
+            continue
+        counts = table.value_counts(column, prompt_filter)
+        populated = [v for v, n in counts.items() if n >= settings.min_prompt_cells_per_split]
+        if len(populated) < 2 or len(counts) > table.n_obs // 2:
+            continue  # nothing to contrast, or an id-like column
+        mentioned = sum(1 for value in populated if _words(value) & words)
+        score = (mentioned, _name_hint_rank(column), min(len(populated), settings.max_split_values))
+        if best is None or score > best[0]:
+            best = (score, column)
+    if best is None:
+        raise PlanInvalid(
+            "The offline planner found no prompt obs column to split on:",
+            [
+                "no categorical column has two or more values with at least "
+                f"{settings.min_prompt_cells_per_split} prompt cells; set split_column and split_values in "
+                "the request, or set ANTHROPIC_API_KEY to let the model plan"
+            ],
+        )
+    (mentioned, hint, populated), column = best
+    if mentioned:
+        why = f"split on {column!r}: the question names {mentioned} of its values"
+    elif hint:
+        why = f"split on {column!r}: a categorical column whose name suggests cell labels or conditions"
+    else:
+        why = f"split on {column!r}: the categorical column with the most well-populated values ({populated})"
+    return column, why
+
+
+def _choose_split_values(
+    question: str, table: ObsTable, column: str, prompt_filter: dict[str, list[str]] | None, settings: AgentSettings
+) -> list[str]:
+    counts = table.value_counts(column, prompt_filter)  # largest first
+    populated = [v for v, n in counts.items() if n >= settings.min_prompt_cells_per_split]
+    words = _words(question)
+    mentioned = [v for v in populated if _words(v) & words]
+    ordered = mentioned + [v for v in populated if v not in mentioned]
+    return ordered[: settings.max_split_values]
+
+
+def _name_hint_rank(column: str) -> int:
+    name = column.lower()
+    for index, hint in enumerate(NAME_HINTS):
+        if hint in name:
+            return len(NAME_HINTS) - index
+    return 0
+
+
+# Words too common in questions and labels to say which column a question is about.
+_STOP_WORDS = {"cell", "the", "and", "for", "with", "how", "what", "would", "look", "type", "context", "other"}
+
+
+def _words(text: str) -> set[str]:
+    """Lower-case words of three or more letters, plural 's' dropped: 'Monocytes' matches 'CD14+ Monocyte'."""
+    words = {w[:-1] if w.endswith("s") and len(w) > 3 else w for w in re.findall(r"[a-z0-9]{3,}", text.lower())}
+    return words - _STOP_WORDS
