@@ -1,4 +1,9 @@
-"""GPU batch job settings (``STACKFLOWS_BATCH__*``)."""
+"""GPU batch job settings (``STACKFLOWS_BATCH__*``).
+
+The first block picks where jobs run and how the flow waits for them; ``local_*`` configure the
+embedded process runner; the rest describe the Google Cloud Batch job (only read when
+``backend`` is ``cloud``).
+"""
 
 from __future__ import annotations
 
@@ -10,4 +15,68 @@ from pydantic import BaseModel, Field
 class BatchSettings(BaseModel):
     backend: Literal["local", "cloud"] = Field(
         default="local", description="local: a process on this machine; cloud: Google Cloud Batch."
+    )
+
+    # How the flow waits.
+    poll_initial_s: float = Field(default=1.0, gt=0, description="First wait between status polls.")
+    poll_max_s: float = Field(default=30.0, gt=0, description="Longest wait between status polls (backoff cap).")
+    wait_timeout_s: float = Field(
+        default=6 * 3600.0,
+        gt=0,
+        description="Give up waiting (and cancel the job) after this long; keep above max_run_duration_s.",
+    )
+    result_storage: str | None = Field(
+        default=None,
+        description=(
+            "Prefect block slug (e.g. gcs-bucket/stackflows-results) where the submit task persists the "
+            "job id, so a Retry on any worker finds it. Unset: <data_dir>/prefect-results (one machine)."
+        ),
+    )
+
+    # Local process runner.
+    local_python: str | None = Field(
+        default=None,
+        description=(
+            "Interpreter that stands for `python` in the job command (e.g. a venv with CUDA torch). "
+            "Unset: the interpreter running the flow."
+        ),
+    )
+
+    # Google Cloud Batch.
+    project: str | None = Field(default=None, description="GCP project that runs the Batch jobs.")
+    region: str = Field(default="us-central1", description="Batch location (region) for the jobs.")
+    image: str = Field(
+        default="us-docker.pkg.dev/PROJECT/stackflows/stack-job:latest",
+        description="Container image with the stackflows package and its [inference] extra installed.",
+    )
+    machine_type: str = Field(default="g2-standard-8", description="Compute Engine machine type of the job VM.")
+    accelerator_type: str | None = Field(
+        default="nvidia-l4", description="GPU type (nvidia-l4, nvidia-tesla-a100, ...); None for a CPU job."
+    )
+    accelerator_count: int = Field(default=1, ge=0, description="GPUs per job VM.")
+    boot_disk_gb: int = Field(default=100, ge=30, description="Boot disk size; the image and model cache live here.")
+    spot: bool = Field(default=False, description="Use Spot VMs (cheaper; preempted jobs fail with exit code 50001).")
+    max_run_duration_s: int = Field(default=4 * 3600, ge=60, description="Batch kills the task after this long.")
+    service_account: str | None = Field(
+        default=None, description="Service account email of the job VM (needs storage access to the inputs/outputs)."
+    )
+    network: str | None = Field(default=None, description="VPC network (projects/P/global/networks/N); None: default.")
+    subnetwork: str | None = Field(default=None, description="Subnetwork (projects/P/regions/R/subnetworks/S).")
+    no_external_ip: bool = Field(default=False, description="VMs without external IPs (needs Cloud NAT / private access).")
+    gcs_mount_bucket: str | None = Field(
+        default=None,
+        description="Bucket mounted read-write at /mnt/disks/<bucket> in the container; None: the output prefix's bucket.",
+    )
+    capture_stderr: bool = Field(
+        default=True,
+        description=(
+            "Run the job under clients.batch.job_wrapper so the tail of its stderr is written next to the "
+            "outputs (job_stderr.txt) and failures show it; needs the stackflows package in the image."
+        ),
+    )
+    api_endpoint: str | None = Field(
+        default=None, description="Batch API endpoint override (a local fake in tests); None: the Google endpoint."
+    )
+    anonymous_credentials: bool = Field(
+        default=False, description="Use anonymous credentials (only for a local fake API)."
     )

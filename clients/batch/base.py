@@ -1,0 +1,145 @@
+"""The batch runner interface: run one job command somewhere with a GPU, poll it, cancel it.
+
+A job is named by a caller-chosen id (lowercase, at most 63 characters: Cloud Batch's rule, kept
+everywhere so a job id means the same on every backend). Submitting an id that already exists
+returns it instead of starting a second job: that is what makes a retried flow run safe.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from enum import Enum
+
+from pydantic import BaseModel, Field
+
+from inference.contract import MANIFEST_FILE, PROGRESS_FILE, JobProgress, StackJobSpec
+
+JOB_ID_PATTERN = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
+STDERR_TAIL_FILE = "job_stderr.txt"  # written under the output prefix by clients.batch.job_wrapper
+STDERR_TAIL_BYTES = 8192
+
+
+class JobNotFoundError(LookupError):
+    """No job with that id on this backend."""
+
+
+class JobState(str, Enum):
+    QUEUED = "QUEUED"
+    SCHEDULED = "SCHEDULED"
+    RUNNING = "RUNNING"
+    CANCELLING = "CANCELLING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+class BatchJobRequest(BaseModel):
+    """What to run: the command, where its outputs (and progress file) go, and labels to find it by."""
+
+    command: list[str] = Field(min_length=1, description="argv; a leading `python` is the runner's interpreter.")
+    output_prefix: str = Field(description="Where the job writes its outputs, progress and manifest.")
+    labels: dict[str, str] = Field(default_factory=dict, description="Lowercase key/values, e.g. the flow run id.")
+
+    @classmethod
+    def for_stack_job(cls, spec: StackJobSpec, labels: dict[str, str] | None = None) -> BatchJobRequest:
+        return cls(command=spec.to_argv(), output_prefix=spec.output_prefix, labels=labels or {})
+
+    def output_uri(self, name: str) -> str:
+        return f"{self.output_prefix.rstrip('/')}/{name}"
+
+    @property
+    def progress_uri(self) -> str:
+        return self.output_uri(PROGRESS_FILE)
+
+    @property
+    def manifest_uri(self) -> str:
+        return self.output_uri(MANIFEST_FILE)
+
+
+class JobStatus(BaseModel):
+    """One look at a job. ``message`` says why it ended where the backend knows."""
+
+    job_id: str
+    state: JobState
+    exit_code: int | None = None
+    message: str = ""
+    stderr_tail: str = ""
+    progress: JobProgress | None = None
+    output_prefix: str | None = None
+
+    def describe(self) -> str:
+        """One line for logs and errors."""
+        details = [f"exit code {self.exit_code}"] if self.exit_code is not None else []
+        details += [self.message] if self.message else []
+        return f"job {self.job_id} {self.state.value}" + (f" ({'; '.join(details)})" if details else "")
+
+
+def check_job_id(job_id: str) -> str:
+    if not JOB_ID_PATTERN.match(job_id):
+        raise ValueError(
+            f"job id {job_id!r} is not valid: use 1-63 lowercase letters, digits and '-', starting with a "
+            "letter and not ending with '-' (Cloud Batch's rule)"
+        )
+    return job_id
+
+
+def check_labels(labels: dict[str, str]) -> dict[str, str]:
+    """Cloud Batch label rules, applied everywhere so a job that runs locally also submits to the cloud."""
+    for key, value in labels.items():
+        if not re.match(r"^[a-z][a-z0-9_-]{0,62}$", key) or not re.match(r"^[a-z0-9_-]{0,63}$", value):
+            raise ValueError(
+                f"job label {key}={value!r} is not valid: keys start with a lowercase letter, keys and values use "
+                "at most 63 lowercase letters, digits, '_' or '-'"
+            )
+    return labels
+
+
+class BatchRunner(ABC):
+    """One place jobs run. Implementations keep no state in memory: everything is read back from the backend."""
+
+    @abstractmethod
+    def submit(self, request: BatchJobRequest, job_id: str) -> str:
+        """Start the job unless a job with this id exists already; returns the id either way."""
+
+    @abstractmethod
+    def status(self, job_id: str) -> JobStatus:
+        """The job's state now; raises JobNotFoundError for an unknown id."""
+
+    @abstractmethod
+    def cancel(self, job_id: str) -> None:
+        """Stop the job (no-op when it already ended); raises JobNotFoundError for an unknown id."""
+
+    @abstractmethod
+    def find_jobs(self, labels: dict[str, str]) -> list[str]:
+        """Ids of the jobs carrying all these labels (e.g. every job of one flow run)."""
+
+    @abstractmethod
+    def logs_hint(self, job_id: str) -> str:
+        """Where a person finds the job's full logs."""
+
+
+def read_progress(output_prefix: str) -> JobProgress | None:
+    """The job's last ``progress.json``, or None before it wrote one (or if it is unreadable)."""
+    from clients.storage import ObjectNotFoundError, store_for
+
+    uri = f"{output_prefix.rstrip('/')}/{PROGRESS_FILE}"
+    try:
+        return JobProgress.model_validate_json(store_for(uri).get_bytes(uri))
+    except (ObjectNotFoundError, ValueError):
+        return None
+
+
+def read_stderr_tail(output_prefix: str) -> str:
+    """What clients.batch.job_wrapper saved of the job's stderr, or '' if nothing was saved."""
+    from clients.storage import ObjectNotFoundError, store_for
+
+    uri = f"{output_prefix.rstrip('/')}/{STDERR_TAIL_FILE}"
+    try:
+        return store_for(uri).get_bytes(uri).decode(errors="replace")
+    except ObjectNotFoundError:
+        return ""

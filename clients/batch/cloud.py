@@ -1,0 +1,258 @@
+"""Jobs on Google Cloud Batch: one task on one GPU VM running the job's container command.
+
+Every call goes through the real ``google-cloud-batch`` client over REST, wrapped in an api-core
+``Retry`` for transient errors (create/cancel have no default retry). ``create_job`` with our own
+job id is the idempotency: a second create of that id answers 409 Conflict, which means "already
+submitted". Nothing is remembered in memory; status is read back from Batch and from the files the
+job writes beside its outputs (progress.json, job_stderr.txt).
+
+    runner = CloudBatchRunner(settings.batch)
+    runner.submit(BatchJobRequest.for_stack_job(spec, labels={"flow-run-id": run_id}), "stack-1234")
+    runner.status("stack-1234")   # JobStatus(state=RUNNING, progress=...)
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from google.api_core import exceptions as gexc
+from google.api_core.retry import Retry, if_exception_type
+from google.cloud import batch_v1
+from google.protobuf.duration_pb2 import Duration
+
+from clients.batch.base import (
+    STDERR_TAIL_FILE,
+    BatchJobRequest,
+    BatchRunner,
+    JobNotFoundError,
+    JobState,
+    JobStatus,
+    check_job_id,
+    check_labels,
+    read_progress,
+    read_stderr_tail,
+)
+from clients.batch.settings import BatchSettings
+
+OUTPUT_PREFIX_ENV = "STACKFLOWS_OUTPUT_PREFIX"
+NVIDIA_VOLUMES = ["/var/lib/nvidia/lib64:/usr/local/nvidia/lib64", "/var/lib/nvidia/bin:/usr/local/nvidia/bin"]
+
+_State = batch_v1.JobStatus.State
+STATES = {
+    _State.STATE_UNSPECIFIED: JobState.QUEUED,
+    _State.QUEUED: JobState.QUEUED,
+    _State.SCHEDULED: JobState.SCHEDULED,
+    _State.RUNNING: JobState.RUNNING,
+    _State.SUCCEEDED: JobState.SUCCEEDED,
+    _State.FAILED: JobState.FAILED,
+    _State.CANCELLATION_IN_PROGRESS: JobState.CANCELLING,
+    _State.CANCELLED: JobState.CANCELLED,
+    # Being deleted: it will produce nothing more, whatever it was doing.
+    _State.DELETION_IN_PROGRESS: JobState.CANCELLED,
+}
+
+# Exit codes Batch itself uses for a task (https://cloud.google.com/batch/docs/troubleshooting).
+BATCH_EXIT_CODES = {
+    50001: "the VM was preempted (Spot VM); retry the run, or set STACKFLOWS_BATCH__SPOT=false",
+    50002: "the VM stopped reporting to Batch (lost or crashed); retry the run",
+    50003: "the VM rebooted while the task ran; retry the run",
+    50004: "the task stopped responding to Batch; retry the run",
+    50005: "the task ran longer than STACKFLOWS_BATCH__MAX_RUN_DURATION_S",
+    50006: "the VM was recreated while the task ran; retry the run",
+}
+
+TRANSIENT = (
+    gexc.ServiceUnavailable,
+    gexc.TooManyRequests,
+    gexc.GatewayTimeout,
+    gexc.InternalServerError,
+    gexc.BadGateway,
+)
+
+
+def default_retry(timeout_s: float = 120.0) -> Retry:
+    """Retry transient API errors with exponential backoff for up to ``timeout_s``."""
+    return Retry(predicate=if_exception_type(*TRANSIENT), initial=0.25, maximum=10.0, multiplier=2.0, timeout=timeout_s)
+
+
+def batch_client(settings: BatchSettings) -> batch_v1.BatchServiceClient:
+    """The sync REST client (the async client has no REST transport; wrap calls in asyncio.to_thread)."""
+    options: dict[str, Any] = {}
+    if settings.api_endpoint:
+        options["api_endpoint"] = settings.api_endpoint
+    credentials = None
+    if settings.anonymous_credentials:
+        from google.auth.credentials import AnonymousCredentials
+
+        credentials = AnonymousCredentials()
+    return batch_v1.BatchServiceClient(transport="rest", client_options=options, credentials=credentials)
+
+
+class CloudBatchRunner(BatchRunner):
+    """Google Cloud Batch, one GPU VM per job. Settings: ``STACKFLOWS_BATCH__*``."""
+
+    def __init__(
+        self, settings: BatchSettings, client: batch_v1.BatchServiceClient | None = None, retry: Retry | None = None
+    ) -> None:
+        if not settings.project:
+            raise ValueError(
+                "STACKFLOWS_BATCH__PROJECT is not set: Cloud Batch needs the GCP project that runs the jobs "
+                "(or use STACKFLOWS_BATCH__BACKEND=local)"
+            )
+        self.settings = settings
+        self.client = client or batch_client(settings)
+        self.retry = retry or default_retry()
+        self.parent = f"projects/{settings.project}/locations/{settings.region}"
+
+    def job_name(self, job_id: str) -> str:
+        return f"{self.parent}/jobs/{check_job_id(job_id)}"
+
+    # -- submit -----------------------------------------------------------------------------------
+
+    def build_job(self, request: BatchJobRequest) -> batch_v1.Job:
+        """The Batch job for a request: one task, the container command, a GPU VM, logs kept."""
+        s = self.settings
+        command = list(request.command)
+        if s.capture_stderr:
+            tail_uri = request.output_uri(STDERR_TAIL_FILE)
+            command = ["python", "-m", "clients.batch.job_wrapper", "--stderr-tail-uri", tail_uri, "--", *command]
+        container = batch_v1.Runnable.Container(image_uri=s.image, commands=command)
+        volumes = []
+        bucket = s.gcs_mount_bucket or _bucket_of(request.output_prefix)
+        if bucket:
+            mount = f"/mnt/disks/{bucket}"
+            volumes.append(batch_v1.Volume(gcs=batch_v1.GCS(remote_path=bucket), mount_path=mount))
+            # Setting container volumes switches off Batch's automatic ones: list every mount.
+            container.volumes = [*(NVIDIA_VOLUMES if self._gpu else []), f"{mount}:{mount}"]
+        task = batch_v1.TaskSpec(
+            runnables=[batch_v1.Runnable(container=container)],
+            volumes=volumes,
+            max_run_duration=Duration(seconds=s.max_run_duration_s),
+            max_retry_count=0,  # a retry is the flow's decision, not Batch's
+            environment=batch_v1.Environment(variables={OUTPUT_PREFIX_ENV: request.output_prefix}),
+        )
+        return batch_v1.Job(
+            task_groups=[batch_v1.TaskGroup(task_spec=task, task_count=1, parallelism=1)],
+            allocation_policy=self._allocation_policy(request.labels),
+            labels=request.labels,
+            logs_policy=batch_v1.LogsPolicy(destination=batch_v1.LogsPolicy.Destination.CLOUD_LOGGING),
+        )
+
+    @property
+    def _gpu(self) -> bool:
+        return bool(self.settings.accelerator_type and self.settings.accelerator_count)
+
+    def _allocation_policy(self, labels: dict[str, str]) -> batch_v1.AllocationPolicy:
+        s = self.settings
+        Policy = batch_v1.AllocationPolicy
+        instance = Policy.InstancePolicy(
+            machine_type=s.machine_type,
+            boot_disk=Policy.Disk(size_gb=s.boot_disk_gb),
+            provisioning_model=Policy.ProvisioningModel.SPOT if s.spot else Policy.ProvisioningModel.STANDARD,
+        )
+        if self._gpu:
+            instance.accelerators = [Policy.Accelerator(type_=s.accelerator_type, count=s.accelerator_count)]
+        policy = Policy(
+            instances=[Policy.InstancePolicyOrTemplate(policy=instance, install_gpu_drivers=self._gpu)],
+            labels=labels,
+        )
+        if s.service_account:
+            policy.service_account = batch_v1.ServiceAccount(email=s.service_account)
+        if s.network or s.subnetwork or s.no_external_ip:
+            interface = Policy.NetworkInterface(
+                network=s.network or "", subnetwork=s.subnetwork or "", no_external_ip_address=s.no_external_ip
+            )
+            policy.network = Policy.NetworkPolicy(network_interfaces=[interface])
+        return policy
+
+    def submit(self, request: BatchJobRequest, job_id: str) -> str:
+        check_job_id(job_id)
+        check_labels(request.labels)
+        try:
+            self.client.create_job(
+                parent=self.parent, job=self.build_job(request), job_id=job_id, retry=self.retry
+            )
+        except gexc.Conflict:
+            pass  # already submitted (by us earlier, or by a create whose reply was lost)
+        return job_id
+
+    # -- status -----------------------------------------------------------------------------------
+
+    def _get(self, job_id: str) -> batch_v1.Job:
+        try:
+            return self.client.get_job(name=self.job_name(job_id), retry=self.retry)
+        except gexc.NotFound:
+            raise JobNotFoundError(f"no Cloud Batch job {job_id!r} in {self.parent}") from None
+
+    def status(self, job_id: str) -> JobStatus:
+        job = self._get(job_id)
+        state = STATES.get(job.status.state, JobState.QUEUED)
+        prefix = _output_prefix_of(job)
+        status = JobStatus(job_id=job_id, state=state, output_prefix=prefix)
+        if prefix:
+            status.progress = read_progress(prefix)
+        exit_code, description = _last_exit(job)
+        if state is JobState.SUCCEEDED:
+            status.exit_code = 0 if exit_code is None else exit_code
+        elif state is JobState.FAILED:
+            status.exit_code = exit_code
+            status.message = BATCH_EXIT_CODES.get(exit_code or 0, description or "Cloud Batch reported the job failed")
+            status.stderr_tail = read_stderr_tail(prefix) if prefix else ""
+        elif state in (JobState.CANCELLED, JobState.CANCELLING):
+            status.message = description or "cancelled"
+        return status
+
+    # -- cancel, find, logs -----------------------------------------------------------------------
+
+    def cancel(self, job_id: str) -> None:
+        try:
+            self.client.cancel_job(name=self.job_name(job_id), retry=self.retry)
+        except gexc.NotFound:
+            raise JobNotFoundError(f"no Cloud Batch job {job_id!r} in {self.parent}") from None
+        except gexc.FailedPrecondition:
+            pass  # it already ended: nothing to stop
+
+    def find_jobs(self, labels: dict[str, str]) -> list[str]:
+        # Filtered here rather than with a server-side filter expression, whose label syntax Batch
+        # does not document; the listing is one page per 100 jobs.
+        found = []
+        for job in self.client.list_jobs(parent=self.parent, retry=self.retry):
+            if labels.items() <= dict(job.labels).items():
+                found.append(job.name.rsplit("/", 1)[-1])
+        return sorted(found)
+
+    def logs_hint(self, job_id: str) -> str:
+        s = self.settings
+        return (
+            f"Cloud Batch job {job_id}: https://console.cloud.google.com/batch/jobsDetail/regions/{s.region}/jobs/"
+            f"{job_id}/logs?project={s.project} (or `gcloud batch jobs describe {job_id} --location {s.region} "
+            f"--project {s.project}`)"
+        )
+
+
+def _bucket_of(uri: str) -> str | None:
+    return uri[len("gs://") :].split("/", 1)[0] if uri.startswith("gs://") else None
+
+
+def _output_prefix_of(job: batch_v1.Job) -> str | None:
+    for group in job.task_groups:
+        prefix = group.task_spec.environment.variables.get(OUTPUT_PREFIX_ENV)
+        if prefix:
+            return prefix
+    return None
+
+
+_EXIT_IN_TEXT = re.compile(r"exit code (-?\d+)")
+
+
+def _last_exit(job: batch_v1.Job) -> tuple[int | None, str]:
+    """The latest exit code Batch reported in the job's status events, and that event's text."""
+    for event in reversed(list(job.status.status_events)):
+        if "task_execution" in event:
+            return event.task_execution.exit_code, event.description
+        match = _EXIT_IN_TEXT.search(event.description)
+        if match:
+            return int(match.group(1)), event.description
+    events = list(job.status.status_events)
+    return None, events[-1].description if events else ""

@@ -1,0 +1,84 @@
+"""Run one STACK job on a GPU and bring back its verified outputs.
+
+Called as a subflow of the analysis run (or on its own), it
+
+1. names the job after the *root* flow run and the content of the inputs and parameters,
+2. submits it once (a dashboard Retry of a crashed run finds the job and polls it),
+3. waits, showing the job's progress.json as a progress artifact,
+4. collects the outputs, checking them against the job's manifest.
+
+Cancelling the run, or the run failing (e.g. timing out), cancels the job: GPU time is not left
+running for a run nobody is waiting for. A *crash* does not cancel it, so a Retry can pick it up.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.client.orchestration import get_client
+from prefect.context import FlowRunContext
+
+from clients.batch import BatchJobRequest
+from inference.contract import StackJobSpec
+from tasks.gpu_job import (
+    CollectedOutputs,
+    cancel_gpu_jobs,
+    choose_job_id,
+    collect_gpu_job_outputs,
+    job_base_id,
+    submit_task_for_settings,
+    wait_for_gpu_job,
+)
+
+RUN_LABEL = "stackflows-run"
+INPUTS_LABEL = "stackflows-inputs"
+
+
+def root_flow_run_id(flow_run: Any) -> str:
+    """The id of the top-level flow run above ``flow_run``: it survives a Retry of the parent."""
+    with get_client(sync_client=True) as client:
+        while flow_run.parent_task_run_id is not None:
+            parent_task = client.read_task_run(flow_run.parent_task_run_id)
+            if parent_task.flow_run_id is None:
+                break
+            flow_run = client.read_flow_run(parent_task.flow_run_id)
+    return str(flow_run.id)
+
+
+def job_labels(run_id: str, spec: StackJobSpec | None = None) -> dict[str, str]:
+    labels = {RUN_LABEL: run_id}
+    if spec is not None:
+        labels[INPUTS_LABEL] = spec.content_hash()[:16]
+    return labels
+
+
+def cancel_gpu_jobs_of_flow_run(flow: Any, flow_run: Any, state: Any) -> None:
+    """Flow hook: cancel the GPU jobs this run started. Usable on a parent flow too (all its jobs)."""
+    spec = flow_run.parameters.get("spec") if flow.name == stack_inference.name else None
+    labels = job_labels(root_flow_run_id(flow_run), StackJobSpec.model_validate(spec) if spec else None)
+    cancelled = cancel_gpu_jobs(labels)
+    if cancelled:
+        _log(f"Run {flow_run.id} ended {state.name}: cancelled GPU jobs {', '.join(cancelled)}")
+
+
+def _log(message: str) -> None:
+    try:
+        get_run_logger().info(message)
+    except Exception:  # hooks run by a runner have no run context
+        print(message)
+
+
+@flow(
+    name="stack-inference",
+    on_cancellation=[cancel_gpu_jobs_of_flow_run],
+    on_failure=[cancel_gpu_jobs_of_flow_run],
+)
+def stack_inference(spec: StackJobSpec) -> CollectedOutputs:
+    """Run STACK on a GPU for ``spec`` and return its verified outputs."""
+    run_id = root_flow_run_id(FlowRunContext.get().flow_run)
+    request = BatchJobRequest.for_stack_job(spec, labels=job_labels(run_id, spec))
+    job_id = choose_job_id(job_base_id(run_id, spec.content_hash()))
+    job = submit_task_for_settings()(request, job_id)
+    wait_for_gpu_job(job)
+    return collect_gpu_job_outputs(job)

@@ -1,0 +1,254 @@
+"""Prefect tasks around one GPU batch job: pick its id, submit it once, wait with progress, collect.
+
+Why the pieces look the way they do:
+
+- The job id is ``stack-<root flow run id>-<content hash>-a<attempt>``. The root flow run id stays the
+  same when a run is retried from the dashboard, and the content hash is the same for the same
+  inputs and parameters, so a retried run finds the job it started. The attempt number moves on
+  only when the previous attempt *ended badly* (failed, cancelled): retrying after a Spot
+  preemption runs the job again instead of polling the corpse forever.
+- ``submit_gpu_job`` caches on the job id with a persisted result, so a retried run skips it (the
+  UI shows "Cached"); the runners' idempotent submit covers a crash between submit and persist.
+- Polling uses NO_CACHE: every attempt must look at the job afresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel
+
+from clients.batch import BatchJobRequest, BatchRunner, JobNotFoundError, JobState, JobStatus, runner_from_settings
+from clients.settings import get_settings
+from inference.contract import MANIFEST_FILE, JobManifest
+
+MAX_ATTEMPTS = 99
+
+
+class JobFailedError(RuntimeError):
+    """The GPU job ended without succeeding; the message carries its exit code and stderr tail."""
+
+
+class JobTimeoutError(TimeoutError):
+    """The GPU job did not finish within STACKFLOWS_BATCH__WAIT_TIMEOUT_S."""
+
+
+class OutputsInvalidError(RuntimeError):
+    """The job said it succeeded but its outputs do not match its manifest."""
+
+
+class SubmittedJob(BaseModel):
+    """What the submit task persists: enough to poll and collect the job from any worker."""
+
+    job_id: str
+    backend: str
+    request: BatchJobRequest
+
+
+class CollectedOutputs(BaseModel):
+    """A finished job's verified outputs: file name -> URI, and the manifest that vouches for them."""
+
+    job_id: str
+    output_prefix: str
+    manifest_uri: str
+    outputs: dict[str, str]
+    manifest: JobManifest
+
+
+def job_base_id(run_id: str, content_hash: str) -> str:
+    """``stack-<32 hex of the run id>-<16 hex of the content hash>``: 55 characters, Batch-safe."""
+    run_hex = run_id.replace("-", "").lower()[:32]
+    return f"stack-{run_hex}-{content_hash[:16]}"
+
+
+def attempt_id(base_id: str, attempt: int) -> str:
+    return f"{base_id}-a{attempt}"
+
+
+@task(name="choose-gpu-job-id", cache_policy=NO_CACHE)
+def choose_job_id(base_id: str) -> str:
+    """This run's job id: the latest attempt unless it ended badly, then the next attempt."""
+    runner = runner_from_settings()
+    logger = get_run_logger()
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        job_id = attempt_id(base_id, attempt)
+        try:
+            state = runner.status(job_id).state
+        except JobNotFoundError:
+            return job_id
+        if state not in (JobState.FAILED, JobState.CANCELLED):
+            logger.info("Found job %s (%s) from an earlier attempt of this run; reusing it", job_id, state.value)
+            return job_id
+        logger.info("Job %s ended %s; the next attempt gets a new job", job_id, state.value)
+    raise JobFailedError(f"{base_id}: {MAX_ATTEMPTS} attempts already ended badly; start a new run instead")
+
+
+def _submit_cache_key(context: Any, parameters: dict[str, Any]) -> str:
+    backend = get_settings().batch.backend
+    return f"gpu-job-{backend}-{parameters['job_id']}"
+
+
+@task(name="submit-gpu-job", cache_key_fn=_submit_cache_key, persist_result=True)
+def submit_gpu_job(request: BatchJobRequest, job_id: str) -> SubmittedJob:
+    """Start the job (or find it started); the persisted result lets a retried run skip this task."""
+    runner = runner_from_settings()
+    runner.submit(request, job_id)
+    get_run_logger().info("Submitted GPU job %s. %s", job_id, runner.logs_hint(job_id))
+    return SubmittedJob(job_id=job_id, backend=get_settings().batch.backend, request=request)
+
+
+def submit_task_for_settings():  # noqa: ANN201 (a prefect Task)
+    """``submit_gpu_job`` with its results stored where every worker of this deployment can read them."""
+    settings = get_settings()
+    storage: Any = settings.batch.result_storage or Path(settings.data_dir).resolve() / "prefect-results"
+    return submit_gpu_job.with_options(result_storage=storage)
+
+
+def poll_intervals(initial_s: float, max_s: float, factor: float = 1.5):  # noqa: ANN201 (a generator)
+    """1, 1.5, 2.25, ... seconds up to ``max_s``: quick answers for short jobs, few calls for long ones."""
+    interval = initial_s
+    while True:
+        yield interval
+        interval = min(interval * factor, max_s)
+
+
+def failure_message(status: JobStatus, runner: BatchRunner) -> str:
+    lines = [f"GPU {status.describe()}."]
+    if status.stderr_tail.strip():
+        tail = "\n".join(status.stderr_tail.strip().splitlines()[-30:])
+        lines.append(f"Last lines of its stderr:\n{tail}")
+    lines.append(f"Full logs: {runner.logs_hint(status.job_id)}")
+    return "\n".join(lines)
+
+
+class _ProgressArtifact:
+    """A Prefect progress artifact that follows the job's progress.json (updated only on change)."""
+
+    def __init__(self, job_id: str) -> None:
+        self.id = create_progress_artifact(progress=0.0, description=f"GPU job {job_id}: submitted")
+        self.last: tuple[float, str] | None = None
+
+    def update(self, status: JobStatus) -> None:
+        progress = status.progress
+        percent = 100.0 * progress.fraction if progress else 0.0
+        text = f"GPU job {status.job_id}: {status.state.value}"
+        if progress:
+            text += f", {progress.phase} {progress.chunks_done}/{progress.chunks_total} chunks"
+            text += f", {progress.cells_done}/{progress.cells_total} cells" if progress.cells_total else ""
+            text += f" ({progress.message})" if progress.message else ""
+        if (percent, text) != self.last:
+            update_progress_artifact(self.id, progress=percent, description=text)
+            self.last = (percent, text)
+
+
+@task(name="wait-for-gpu-job", cache_policy=NO_CACHE)
+def wait_for_gpu_job(job: SubmittedJob) -> JobStatus:
+    """Poll until the job ends; raise JobFailedError/JobTimeoutError with what a person needs to act."""
+    settings = get_settings().batch
+    runner = runner_from_settings()
+    logger = get_run_logger()
+    artifact = _ProgressArtifact(job.job_id)
+    deadline = time.monotonic() + settings.wait_timeout_s
+    last_state = None
+    for interval in poll_intervals(settings.poll_initial_s, settings.poll_max_s):
+        try:
+            status = runner.status(job.job_id)
+        except JobNotFoundError:
+            raise JobFailedError(
+                f"GPU job {job.job_id} is gone from the {job.backend} backend (deleted?); retry the run to submit it again"
+            ) from None
+        artifact.update(status)
+        if status.state is not last_state:
+            logger.info("GPU %s", status.describe())
+            last_state = status.state
+        if status.state is JobState.SUCCEEDED:
+            return status
+        if status.state in (JobState.FAILED, JobState.CANCELLED):
+            raise JobFailedError(failure_message(status, runner))
+        if time.monotonic() + interval > deadline:
+            raise JobTimeoutError(
+                f"GPU job {job.job_id} is still {status.state.value} after {settings.wait_timeout_s:.0f} s "
+                f"(STACKFLOWS_BATCH__WAIT_TIMEOUT_S); the run stops waiting and cancels it. Raise the timeout "
+                f"for larger inputs. {runner.logs_hint(job.job_id)}"
+            )
+        time.sleep(interval)
+    raise AssertionError("unreachable")
+
+
+def verify_outputs(job_id: str, output_prefix: str) -> CollectedOutputs:
+    """Read the manifest and check every output it lists against its sha256."""
+    from clients.storage import ObjectNotFoundError, store_for
+
+    manifest_uri = f"{output_prefix.rstrip('/')}/{MANIFEST_FILE}"
+    try:
+        manifest = JobManifest.model_validate_json(store_for(manifest_uri).get_bytes(manifest_uri))
+    except ObjectNotFoundError:
+        raise OutputsInvalidError(
+            f"GPU job {job_id} succeeded but wrote no {MANIFEST_FILE} under {output_prefix}: its outputs are incomplete"
+        ) from None
+    outputs = {}
+    for name, expected in manifest.outputs.items():
+        uri = f"{output_prefix.rstrip('/')}/{name}"
+        actual = _sha256_of(uri)
+        if actual != expected:
+            raise OutputsInvalidError(
+                f"{uri}: sha256 {actual or 'missing'} does not match the manifest ({expected}); the output is "
+                "damaged or was replaced. Rerun the job into a new output prefix."
+            )
+        outputs[name] = uri
+    return CollectedOutputs(
+        job_id=job_id, output_prefix=output_prefix, manifest_uri=manifest_uri, outputs=outputs, manifest=manifest
+    )
+
+
+def _sha256_of(uri: str) -> str | None:
+    """sha256 of an object, streaming local files and downloading remote ones to a temporary file."""
+    import tempfile
+
+    from clients.storage import ObjectNotFoundError, store_for
+
+    store = store_for(uri)
+    try:
+        local = store.local_path(uri)
+        if local is None:
+            with tempfile.TemporaryDirectory() as tmp:
+                return _sha256_file(store.get_file(uri, Path(tmp) / "object"))
+        return _sha256_file(local) if local.is_file() else None
+    except ObjectNotFoundError:
+        return None
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(8 * 1024 * 1024):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@task(name="collect-gpu-job-outputs", cache_policy=NO_CACHE)
+def collect_gpu_job_outputs(job: SubmittedJob) -> CollectedOutputs:
+    """The job's outputs, verified against its manifest."""
+    collected = verify_outputs(job.job_id, job.request.output_prefix)
+    get_run_logger().info("Collected %d outputs of GPU job %s", len(collected.outputs), job.job_id)
+    return collected
+
+
+def cancel_gpu_jobs(labels: dict[str, str]) -> list[str]:
+    """Cancel every unfinished job carrying these labels; returns the ids cancelled."""
+    runner = runner_from_settings()
+    cancelled = []
+    for job_id in runner.find_jobs(labels):
+        try:
+            if not runner.status(job_id).state.is_final:
+                runner.cancel(job_id)
+                cancelled.append(job_id)
+        except JobNotFoundError:
+            continue
+    return cancelled
