@@ -1,0 +1,43 @@
+"""What OCR gives back: the text of each page and which engine read it."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+Engine = Literal["text-layer", "lightonocr", "rapidocr"]
+"""text-layer: the PDF's own text; lightonocr: the GPU service (markdown); rapidocr: local CPU OCR (plain lines)."""
+
+
+class PageText(BaseModel):
+    page_number: int = Field(ge=1, description="1-based, as a reader counts pages.")
+    text: str
+    engine: Engine
+
+
+class DocumentText(BaseModel):
+    """One document's pages, in page order, and where its markdown was stored."""
+
+    uri: str = Field(description="The document as given.")
+    sha256: str = Field(description="Content hash of the document's bytes.")
+    media_type: Literal["application/pdf", "image/png", "image/jpeg"]
+    pages: list[PageText]
+    markdown_uri: str | None = Field(default=None, description="Where the document's markdown was written.")
+    pages_from_cache: int = Field(default=0, ge=0, description="OCR pages taken from an earlier attempt.")
+
+    @property
+    def engines(self) -> dict[str, int]:
+        """Pages per engine, e.g. ``{"text-layer": 3, "lightonocr": 2}``."""
+        return dict(Counter(page.engine for page in self.pages))
+
+    def markdown(self) -> str:
+        """All pages, each headed by a comment that says which page it is and what read it."""
+        name = self.uri.rstrip("/").rsplit("/", 1)[-1]
+        parts = [
+            f"<!-- {name} · page {page.page_number} of {len(self.pages)} · read by {page.engine} -->\n\n"
+            f"{page.text.strip()}\n"
+            for page in self.pages
+        ]
+        return "\n".join(parts)
