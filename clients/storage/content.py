@@ -7,6 +7,7 @@ always reads exactly what was validated.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from clients.storage import store_for
@@ -65,3 +66,23 @@ def _present(store, uri: str, digest: FileDigest) -> StoredObject | None:
             "the object was changed outside stackflows: remove it and stage again"
         )
     return StoredObject(uri=uri, size=size, sha256=digest.sha256, uploaded=False)
+
+
+def fetch_to_cache(uri: str, cache_dir: Path) -> Path:
+    """A local file with the object's bytes: the file itself for local URIs, else a cached download.
+
+    Downloads are kept per object generation, so a second look at the same object reads the disk.
+    """
+    store = store_for(uri)
+    local = store.local_path(uri)
+    if local is not None:
+        return local
+    from clients.storage.gcs import GcsStore
+
+    assert isinstance(store, GcsStore), f"{uri}: no download cache for this store"
+    version = store.generation(uri)
+    name = uri.rstrip("/").rsplit("/", 1)[-1]
+    target = Path(cache_dir) / hashlib.sha256(f"{uri}#{version}".encode()).hexdigest()[:32] / name
+    if not target.is_file():
+        store.get_file(uri, target)
+    return target

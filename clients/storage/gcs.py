@@ -142,6 +142,10 @@ class GcsStore(ObjectStore):
     def size(self, uri: str) -> int:
         return int(self._metadata(uri).size)
 
+    def generation(self, uri: str) -> int:
+        """The object's generation: changes whenever the object is replaced."""
+        return int(self._metadata(uri).generation)
+
     def stored_sha256(self, uri: str) -> str | None:
         """The sha256 recorded in the object's metadata at upload (None for objects others wrote)."""
         return (self._metadata(uri).metadata or {}).get("sha256")

@@ -1,0 +1,362 @@
+"""Checks an h5ad file before anything is uploaded or any GPU is paid for, and reports its facts.
+
+Pure functions (no Prefect): ``validate_h5ad(path, ...)`` returns a :class:`DatasetFacts` or raises
+:class:`InputValidationError`, whose message names the file, the problem and the fix.
+
+The file is opened in AnnData's backed mode: ``obs`` and ``var`` are read, the matrices stay on
+disk and are scanned in blocks (rows of a dense matrix, the stored values of a sparse one), so a
+file larger than memory is checked in constant memory.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Literal
+
+import anndata as ad
+import h5py
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, Field
+
+# Values scanned per block: 8M values is 32-64 MB whatever the matrix's shape.
+BLOCK_VALUES = 8 * 1024 * 1024
+# Columns with at most this many distinct values get their value counts in the facts.
+LOW_CARDINALITY = 50
+
+CountsLocation = Literal["raw.X", "X"]
+
+
+class InputValidationError(ValueError):
+    """An input the run cannot use. ``path``, ``problem`` and ``fix`` say which, why and what to do."""
+
+    def __init__(self, path: str | Path, problem: str, fix: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"{self.path}: {problem}. Fix: {fix}")
+
+    def __reduce__(self):  # keep the fields when Prefect pickles the exception
+        return (type(self), (self.path, self.problem, self.fix))
+
+
+class ObsColumnFacts(BaseModel):
+    """One ``obs`` column, as a planner needs it: what kind, and for categories, which and how many."""
+
+    name: str
+    kind: Literal["categorical", "numeric", "boolean", "text"]
+    n_unique: int
+    value_counts: dict[str, int] | None = Field(
+        default=None, description=f"Cells per value, for categorical or ≤{LOW_CARDINALITY}-valued columns."
+    )
+
+
+class MatrixStats(BaseModel):
+    """What a scan of one matrix found."""
+
+    location: CountsLocation
+    sparse: bool
+    dtype: str
+    n_values_scanned: int
+    n_nonfinite: int = 0
+    n_negative: int = 0
+    n_noninteger: int = 0
+    max_value: float | None = None
+
+    @property
+    def is_counts(self) -> bool:
+        return self.n_nonfinite == 0 and self.n_negative == 0 and self.n_noninteger == 0
+
+
+class DatasetFacts(BaseModel):
+    """What a validated h5ad holds: shape, where its counts are, gene overlap, its obs columns."""
+
+    path: str
+    size_bytes: int
+    n_obs: int
+    n_vars: int = Field(description="Genes in the matrix STACK reads (raw.X's genes when counts are there).")
+    counts_location: CountsLocation | None = Field(
+        description="Where the raw counts are; None when counts were not required and none were found."
+    )
+    matrix_used: CountsLocation = Field(description="The matrix STACK will read.")
+    sparse: bool
+    max_value: float | None
+    gene_overlap: float | None = Field(
+        default=None, description="Fraction of the model's genes found in the input (upper-cased symbols)."
+    )
+    genes_matched: int | None = None
+    model_genes: int | None = None
+    var_names_sample: list[str] = Field(description="The first few gene names, for messages and reports.")
+    obs_columns: list[ObsColumnFacts]
+
+    def obs_column(self, name: str) -> ObsColumnFacts | None:
+        return next((c for c in self.obs_columns if c.name == name), None)
+
+
+# -- the gene list ---------------------------------------------------------------------------------
+
+
+def read_gene_list(path: str | Path) -> list[str]:
+    """The model's gene list: a pickled list of symbols, returned upper-cased.
+
+    Only unpickle gene lists you trust (the one named in your settings): pickle can run code.
+    """
+    try:
+        with open(path, "rb") as fh:
+            genes = pickle.load(fh)
+    except FileNotFoundError:
+        raise InputValidationError(path, "gene list file not found", "point the model's gene_list_uri at the pickled gene list") from None
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same to the user
+        raise InputValidationError(
+            path, f"not a readable pickled gene list ({type(exc).__name__}: {exc})", "use the gene list pickle shipped with the checkpoint"
+        ) from None
+    if isinstance(genes, (np.ndarray, pd.Index, pd.Series, tuple)):
+        genes = list(genes)
+    if not isinstance(genes, list) or not genes or not all(isinstance(g, str) for g in genes):
+        raise InputValidationError(
+            path, "the gene list must be a non-empty pickled list of gene symbol strings", "use the gene list pickle shipped with the checkpoint"
+        )
+    return [g.upper() for g in genes]
+
+
+# -- validation ------------------------------------------------------------------------------------
+
+
+def validate_h5ad(
+    path: str | Path,
+    *,
+    model_genes: Sequence[str] | None = None,
+    min_gene_overlap: float = 0.5,
+    counts_required: bool = True,
+    required_obs: Mapping[str, Sequence[str] | None] | None = None,
+) -> DatasetFacts:
+    """Check one h5ad and return its facts, or raise InputValidationError with the first problem.
+
+    ``required_obs`` maps obs columns the run needs to the values it needs in them (None: any).
+    """
+    path = Path(path)
+    _check_readable_hdf5(path)
+    adata = _open_backed(path)
+    try:
+        return _validate_open(path, adata, model_genes, min_gene_overlap, counts_required, required_obs or {})
+    finally:
+        adata.file.close()
+
+
+def _check_readable_hdf5(path: Path) -> None:
+    if not path.is_file():
+        raise InputValidationError(path, "file not found", "check the path or URI; it must name an .h5ad file")
+    if path.stat().st_size == 0:
+        raise InputValidationError(path, "the file is empty (0 bytes)", "the download or copy failed; copy the file again")
+    if not h5py.is_hdf5(path):
+        raise InputValidationError(
+            path, "not an HDF5 file, so not an .h5ad", "save the data with AnnData's write_h5ad (loom, csv, mtx must be converted first)"
+        )
+    try:
+        with h5py.File(path, "r") as f:
+            keys = set(f.keys())
+            f.visit(lambda name: None)  # walks the whole tree: a truncated file fails here
+    except OSError as exc:
+        raise InputValidationError(
+            path, f"the HDF5 file is truncated or corrupt ({exc})", "the copy is incomplete: copy or download the file again"
+        ) from None
+    if not {"obs", "var"} <= keys:
+        raise InputValidationError(
+            path,
+            f"an HDF5 file but not AnnData: it has no obs/var groups (top-level keys: {sorted(keys) or 'none'})",
+            "write the data with anndata (adata.write_h5ad(path))",
+        )
+
+
+def _open_backed(path: Path) -> ad.AnnData:
+    try:
+        return ad.read_h5ad(path, backed="r")
+    except Exception as exc:  # noqa: BLE001 - anndata raises many kinds for malformed files
+        raise InputValidationError(
+            path, f"AnnData cannot read it ({type(exc).__name__}: {exc})", "re-write it with a current anndata (adata.write_h5ad(path))"
+        ) from None
+
+
+def _validate_open(
+    path: Path,
+    adata: ad.AnnData,
+    model_genes: Sequence[str] | None,
+    min_gene_overlap: float,
+    counts_required: bool,
+    required_obs: Mapping[str, Sequence[str] | None],
+) -> DatasetFacts:
+    if adata.n_obs == 0:
+        raise InputValidationError(path, "the data set has no cells (0 observations)", "select cells before saving, or pick another file")
+    if adata.n_vars == 0:
+        raise InputValidationError(path, "the data set has no genes (0 variables)", "save the data with its genes")
+
+    candidates = _matrices(adata)
+    if not candidates:
+        raise InputValidationError(path, "neither .X nor .raw.X holds a matrix", "store the raw counts in .X or .raw.X")
+    stats = {loc: _scan(loc, matrix) for loc, matrix in candidates.items()}
+    counts_at = next((loc for loc in ("raw.X", "X") if loc in stats and stats[loc].is_counts), None)
+    used = counts_at or next(iter(stats))  # raw.X first when it exists
+    _reject_bad_values(path, stats[used], counts_required and counts_at is None, stats)
+
+    var_names = pd.Index(adata.raw.var_names if used == "raw.X" else adata.var_names).astype(str)
+    _reject_duplicate_genes(path, var_names, used)
+    overlap = _gene_overlap(path, var_names, model_genes, min_gene_overlap)
+    obs = adata.obs
+    _reject_missing_obs(path, obs, required_obs)
+
+    return DatasetFacts(
+        path=str(path),
+        size_bytes=path.stat().st_size,
+        n_obs=adata.n_obs,
+        n_vars=len(var_names),
+        counts_location=counts_at,
+        matrix_used=used,
+        sparse=stats[used].sparse,
+        max_value=stats[used].max_value,
+        gene_overlap=overlap[0] if overlap else None,
+        genes_matched=overlap[1] if overlap else None,
+        model_genes=len(set(model_genes)) if model_genes else None,
+        var_names_sample=list(var_names[:10]),
+        obs_columns=[_obs_column_facts(name, obs[name]) for name in obs.columns],
+    )
+
+
+def _matrices(adata: ad.AnnData) -> dict[CountsLocation, object]:
+    """The matrices counts may be in, raw.X first (where scanpy keeps counts once X is normalised)."""
+    found: dict[CountsLocation, object] = {}
+    if adata.raw is not None and adata.raw.X is not None:
+        found["raw.X"] = adata.raw.X
+    if adata.X is not None:
+        found["X"] = adata.X
+    return found
+
+
+def _blocks(matrix) -> Iterator[np.ndarray]:
+    """The stored values of a backed matrix in blocks of about BLOCK_VALUES."""
+    group = getattr(matrix, "group", None)
+    if group is not None:  # backed sparse (CSR/CSC): the non-zero values are all that can be wrong
+        data = group["data"]
+        for start in range(0, data.shape[0], BLOCK_VALUES):
+            yield np.asarray(data[start : start + BLOCK_VALUES])
+        return
+    n_rows, n_cols = matrix.shape  # backed dense: an h5py dataset, read a block of rows at a time
+    step = max(1, BLOCK_VALUES // max(1, n_cols))
+    for start in range(0, n_rows, step):
+        yield np.asarray(matrix[start : start + step])
+
+
+def _scan(location: CountsLocation, matrix) -> MatrixStats:
+    sparse = getattr(matrix, "group", None) is not None
+    stats = MatrixStats(location=location, sparse=sparse, dtype=str(matrix.dtype), n_values_scanned=0)
+    integer_dtype = np.issubdtype(matrix.dtype, np.integer) or np.issubdtype(matrix.dtype, np.bool_)
+    for block in _blocks(matrix):
+        block = block.ravel()
+        stats.n_values_scanned += block.size
+        if block.size == 0:
+            continue
+        if integer_dtype:
+            finite = block
+        else:
+            ok = np.isfinite(block)
+            stats.n_nonfinite += int(block.size - np.count_nonzero(ok))
+            finite = block[ok] if stats.n_nonfinite else block
+            stats.n_noninteger += int(np.count_nonzero(finite != np.floor(finite)))
+        stats.n_negative += int(np.count_nonzero(finite < 0))
+        if finite.size:
+            peak = float(finite.max())
+            stats.max_value = peak if stats.max_value is None else max(stats.max_value, peak)
+    return stats
+
+
+def _reject_bad_values(path: Path, used: MatrixStats, need_counts: bool, all_stats: dict) -> None:
+    where = f".{used.location}"
+    if used.n_nonfinite:
+        raise InputValidationError(
+            path,
+            f"{where} has {used.n_nonfinite} non-finite values (NaN or infinity)",
+            "replace them (e.g. X[~np.isfinite(X)] = 0) or re-export the raw counts",
+        )
+    if used.n_negative:
+        raise InputValidationError(
+            path,
+            f"{where} has {used.n_negative} negative values, so it is not expression counts (scaled or centred data?)",
+            "store the raw counts in .X or .raw.X",
+        )
+    if need_counts:
+        looked = " and ".join(f".{s.location}" for s in all_stats.values())
+        raise InputValidationError(
+            path,
+            f"{looked} hold no raw counts: {used.n_noninteger} values in {where} are not whole numbers "
+            f"(max {used.max_value:.4g}; log-normalised data?). STACK needs raw counts in .raw.X or .X",
+            "keep the raw counts (e.g. adata.raw = adata before sc.pp.normalize_total/log1p), "
+            "or pass counts_required=False if the model expects normalised values",
+        )
+
+
+def _reject_duplicate_genes(path: Path, var_names: pd.Index, location: CountsLocation) -> None:
+    upper = var_names.str.upper()
+    dupes = upper[upper.duplicated()].unique()
+    if len(dupes):
+        examples = ", ".join(dupes[:5])
+        raise InputValidationError(
+            path,
+            f"duplicate gene names in the genes of .{location} ({len(dupes)} names, compared upper-cased: {examples})",
+            "make them unique (adata.var_names_make_unique()) or sum the duplicated genes",
+        )
+
+
+def _gene_overlap(
+    path: Path, var_names: pd.Index, model_genes: Sequence[str] | None, threshold: float
+) -> tuple[float, int] | None:
+    if not model_genes:
+        return None
+    model = {g.upper() for g in model_genes}
+    matched = len(model & set(var_names.str.upper()))
+    fraction = matched / len(model)
+    if fraction < threshold:
+        raise InputValidationError(
+            path,
+            f"gene overlap with the model is {fraction:.1%} ({matched} of {len(model)} model genes), "
+            f"below the required {threshold:.0%}; genes look like {', '.join(var_names[:3])}",
+            "use gene symbols (not Ensembl ids) for var_names, include all measured genes (not only highly "
+            "variable ones), or lower model.min_gene_overlap",
+        )
+    return fraction, matched
+
+
+def _reject_missing_obs(path: Path, obs: pd.DataFrame, required: Mapping[str, Sequence[str] | None]) -> None:
+    for column, values in required.items():
+        if column not in obs.columns:
+            raise InputValidationError(
+                path,
+                f"obs column {column!r} is missing (columns: {', '.join(map(str, obs.columns)) or 'none'})",
+                "name one of the existing columns, or add the column to adata.obs",
+            )
+        present = set(obs[column].astype(str).unique())
+        missing = [v for v in values or [] if str(v) not in present]
+        if missing:
+            shown = ", ".join(sorted(present)[:20])
+            raise InputValidationError(
+                path,
+                f"obs column {column!r} has no cells with value(s) {', '.join(map(repr, missing))} (values: {shown})",
+                "pick values that occur in the column (they are compared as strings)",
+            )
+
+
+def _obs_column_facts(name: str, column: pd.Series) -> ObsColumnFacts:
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        kind = "categorical"
+    elif pd.api.types.is_bool_dtype(column):
+        kind = "boolean"
+    elif pd.api.types.is_numeric_dtype(column):
+        kind = "numeric"
+    else:
+        kind = "text"
+    n_unique = int(column.nunique(dropna=True))
+    counts = None
+    if kind in ("categorical", "boolean") or n_unique <= LOW_CARDINALITY:
+        vc = column.astype(str).value_counts().head(LOW_CARDINALITY)
+        counts = {str(k): int(v) for k, v in vc.items()}
+    return ObsColumnFacts(name=str(name), kind=kind, n_unique=n_unique, value_counts=counts)

@@ -1,0 +1,142 @@
+"""Prefect tasks that check an h5ad input and put it where the GPU job can read it.
+
+    facts = validate_input(source, gene_list_uri=..., required_obs={"bulk_labels": ["Dendritic"]})
+    staged = stage_input(source, facts)          # -> <root>/inputs/<sha256>/<name>
+
+Validation failures (:class:`InputValidationError`) are final: retrying cannot fix a file. Only
+transient storage errors (429/5xx, dropped connections, damaged transfers) are retried. Staging is
+content-addressed, and its result is cached on the file's sha256, so a retried flow run neither
+re-uploads nor even re-checks an input it already staged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
+from prefect.states import State
+from pydantic import BaseModel, Field
+
+from clients.settings import get_settings
+from clients.storage import scheme_of
+from clients.storage.content import fetch_to_cache, put_content_addressed
+from clients.storage.digests import digest_file_cached
+from clients.storage.transient import is_transient_storage_error
+from tasks.h5ad_validation import DatasetFacts, InputValidationError, read_gene_list, validate_h5ad
+
+
+class StagedInput(BaseModel):
+    """An input in storage, named by its content, with what validation found in it."""
+
+    source: str = Field(description="What the caller gave: a local path, file:// or gs:// URI.")
+    uri: str = Field(description="Where the input is now: <root>/inputs/<sha256>/<name>.")
+    sha256: str
+    size_bytes: int
+    shape: tuple[int, int]
+    gene_overlap: float | None
+    uploaded: bool = Field(description="False when identical bytes were already there.")
+    facts: DatasetFacts
+
+
+def retry_only_transient(task, task_run, state: State) -> bool:
+    """Prefect retry condition: retry storage hiccups, never a bad input."""
+    try:
+        state.result()
+    except InputValidationError:
+        return False
+    except Exception as exc:  # noqa: BLE001 - classify, do not handle
+        return is_transient_storage_error(exc)
+    return False
+
+
+def _cache_dir(kind: str) -> Path:
+    return get_settings().data_dir / "cache" / kind
+
+
+def local_input(source: str) -> Path:
+    """The input as a local file (remote inputs are downloaded once per object generation)."""
+    return fetch_to_cache(source, _cache_dir("downloads"))
+
+
+@task(
+    name="validate-input",
+    retries=3,
+    retry_delay_seconds=[2, 10, 30],
+    retry_condition_fn=retry_only_transient,
+    cache_policy=NO_CACHE,
+)
+def validate_input(
+    source: str,
+    gene_list_uri: str | None = None,
+    *,
+    counts_required: bool = True,
+    required_obs: Mapping[str, Sequence[str] | None] | None = None,
+    min_gene_overlap: float | None = None,
+) -> DatasetFacts:
+    """Open the h5ad and check it (format, shape, values, genes, obs columns) before anything is spent."""
+    logger = get_run_logger()
+    settings = get_settings()
+    gene_list_uri = gene_list_uri or settings.model.gene_list_uri
+    model_genes = read_gene_list(local_input(gene_list_uri)) if gene_list_uri else None
+    threshold = settings.model.min_gene_overlap if min_gene_overlap is None else min_gene_overlap
+    facts = validate_h5ad(
+        local_input(source),
+        model_genes=model_genes,
+        min_gene_overlap=threshold,
+        counts_required=counts_required,
+        required_obs=required_obs,
+    )
+    overlap = f"{facts.gene_overlap:.1%} of {facts.model_genes} model genes" if facts.gene_overlap is not None else "not checked (no gene list)"
+    logger.info(
+        "%s: %d cells x %d genes, counts in %s, gene overlap %s",
+        source, facts.n_obs, facts.n_vars, facts.counts_location or "none (not required)", overlap,
+    )
+    return facts
+
+
+def _staging_cache_key(context: TaskRunContext, parameters: dict) -> str | None:
+    """Same bytes, same destination, same facts: same staged input. None (no caching) for remote sources."""
+    source = parameters["source"]
+    if scheme_of(source) != "file":
+        return None
+    digest = digest_file_cached(local_input(source), _cache_dir("digests"))
+    root = parameters.get("root") or get_settings().storage_root
+    facts: DatasetFacts = parameters["facts"]
+    payload = "|".join([digest.sha256, root, Path(source).name, facts.model_dump_json()])
+    return "stage-input-" + hashlib.sha256(payload.encode()).hexdigest()
+
+
+@task(
+    name="stage-input",
+    retries=3,
+    retry_delay_seconds=[2, 10, 30],
+    retry_condition_fn=retry_only_transient,
+    cache_key_fn=_staging_cache_key,
+    persist_result=True,
+)
+def stage_input(source: str, facts: DatasetFacts, root: str | None = None) -> StagedInput:
+    """Put a validated input at ``<root>/inputs/<sha256>/<name>``; uploads nothing if it is there."""
+    logger = get_run_logger()
+    root = root or get_settings().storage_root
+    path = local_input(source)
+    stored = put_content_addressed(
+        path, root, filename=Path(source.rstrip("/")).name, digest_cache_dir=_cache_dir("digests")
+    )
+    if stored.uploaded:
+        logger.info("Staged %s -> %s (%.1f MB uploaded)", source, stored.uri, stored.size / 1e6)
+    else:
+        logger.info("%s is already at %s (sha256 %s…): nothing uploaded", source, stored.uri, stored.sha256[:12])
+    return StagedInput(
+        source=source,
+        uri=stored.uri,
+        sha256=stored.sha256,
+        size_bytes=stored.size,
+        shape=(facts.n_obs, facts.n_vars),
+        gene_overlap=facts.gene_overlap,
+        uploaded=stored.uploaded,
+        facts=facts,
+    )
