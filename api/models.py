@@ -1,0 +1,56 @@
+"""What the API answers: a flow run as a caller of POST /runs needs to see it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from uuid import UUID
+
+from pydantic import BaseModel, Field
+
+
+class RunState(BaseModel):
+    type: str = Field(description="Prefect state type: SCHEDULED, PENDING, RUNNING, COMPLETED, FAILED, ...")
+    name: str = Field(description="State name, e.g. 'AwaitingRetry' or 'Cancelling'.")
+    message: str | None = None
+    timestamp: datetime | None = None
+
+
+class Progress(BaseModel):
+    """The run's most recently updated progress artifact (the GPU job's chunks, mostly)."""
+
+    percent: float = Field(ge=0, le=100)
+    key: str | None = None
+    description: str | None = None
+    updated: datetime | None = None
+
+
+class ArtifactLink(BaseModel):
+    """One artifact of the run or its subflows: the report, tables, plots, links to outputs."""
+
+    id: UUID
+    key: str | None = None
+    type: str | None = None
+    description: str | None = None
+    link: str | None = Field(default=None, description="The target of link and image artifacts.")
+    ui_url: str
+    flow_run_id: UUID | None = None
+
+
+class RunView(BaseModel):
+    id: UUID
+    name: str
+    deployment_id: UUID | None = None
+    state: RunState | None = None
+    ui_url: str = Field(description="The run's page in the Prefect UI.")
+    idempotency_key: str | None = None
+    run_count: int = 0
+    created: datetime | None = None
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    progress: Progress | None = None
+    artifacts: list[ArtifactLink] = Field(default_factory=list)
+
+
+class Health(BaseModel):
+    status: str
+    prefect_api: str

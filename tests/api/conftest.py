@@ -1,0 +1,100 @@
+"""One API server per test session, on 127.0.0.1, in front of the session's real Prefect server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from api.app import create_app
+from api.settings import ApiSettings
+from clients.settings import Settings
+from flows.models import AnalysisRequest
+
+TOKEN = "test-token-5c1e"
+DEPLOYMENT = "analysis-run/api-test"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class ApiServer:
+    url: str
+    data_dir: Path
+    deployment_id: str
+
+    def client(self, token: str | None = TOKEN) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+    def request_body(self, **overrides: object) -> dict:
+        """A valid AnalysisRequest whose data lies under the allowed data directory."""
+        h5ad = (self.data_dir / "inputs" / "pbmc.h5ad").as_uri()
+        body = {"question": "How would B cells look among monocytes?", "prompt_uri": h5ad, "query_uri": h5ad}
+        return AnalysisRequest.model_validate({**body, **overrides}).model_dump(mode="json", exclude_defaults=True)
+
+
+def _analysis_run_signature(request: AnalysisRequest) -> None:
+    """The analysis flow's signature: Prefect derives the deployment's parameter schema from it.
+
+    The API only talks to Prefect's API, so these tests register a deployment with the flow's parameter
+    schema and no worker (runs stay Scheduled) instead of importing the flow and its science stack;
+    tests/e2e runs the real flow behind the real deployment.
+    """
+
+
+async def _register_deployment() -> str:
+    from prefect import get_client
+    from prefect.utilities.callables import parameter_schema
+
+    async with get_client() as client:
+        flow_id = await client.create_flow_from_name(DEPLOYMENT.split("/")[0])
+        deployment_id = await client.create_deployment(
+            flow_id=flow_id,
+            name=DEPLOYMENT.split("/")[1],
+            entrypoint="flows/analysis_run.py:analysis_run",
+            parameter_openapi_schema=parameter_schema(_analysis_run_signature).model_dump_for_openapi(),
+            enforce_parameter_schema=True,
+        )
+    return str(deployment_id)
+
+
+@pytest.fixture(scope="session")
+def api_server(prefect_api: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    data_dir = tmp_path_factory.mktemp("api-data")
+    deployment_id = asyncio.run(_register_deployment())
+    settings = Settings(
+        data_dir=data_dir, api=ApiSettings(token=TOKEN, deployment=DEPLOYMENT, max_body_bytes=16 * 1024)
+    )
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    # The Prefect test harness keeps its API URL in a context variable: carry it into the server's thread.
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(server.run,), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the API server did not start within 30 s")
+        time.sleep(0.05)
+    yield ApiServer(url=f"http://127.0.0.1:{port}", data_dir=data_dir, deployment_id=deployment_id)
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def api(api_server: ApiServer) -> Iterator[httpx.Client]:
+    with api_server.client() as client:
+        yield client
