@@ -131,16 +131,20 @@ def validate_h5ad(
     min_gene_overlap: float = 0.5,
     counts_required: bool = True,
     required_obs: Mapping[str, Sequence[str] | None] | None = None,
+    block_values: int = BLOCK_VALUES,
 ) -> DatasetFacts:
     """Check one h5ad and return its facts, or raise InputValidationError with the first problem.
 
     ``required_obs`` maps obs columns the run needs to the values it needs in them (None: any).
+    ``block_values`` bounds the values held in memory at once while scanning a matrix.
     """
     path = Path(path)
     _check_readable_hdf5(path)
     adata = _open_backed(path)
     try:
-        return _validate_open(path, adata, model_genes, min_gene_overlap, counts_required, required_obs or {})
+        return _validate_open(
+            path, adata, model_genes, min_gene_overlap, counts_required, required_obs or {}, block_values
+        )
     finally:
         adata.file.close()
 
@@ -186,6 +190,7 @@ def _validate_open(
     min_gene_overlap: float,
     counts_required: bool,
     required_obs: Mapping[str, Sequence[str] | None],
+    block_values: int,
 ) -> DatasetFacts:
     if adata.n_obs == 0:
         raise InputValidationError(path, "the data set has no cells (0 observations)", "select cells before saving, or pick another file")
@@ -195,7 +200,7 @@ def _validate_open(
     candidates = _matrices(adata)
     if not candidates:
         raise InputValidationError(path, "neither .X nor .raw.X holds a matrix", "store the raw counts in .X or .raw.X")
-    stats = {loc: _scan(loc, matrix) for loc, matrix in candidates.items()}
+    stats = {loc: _scan(loc, matrix, block_values) for loc, matrix in candidates.items()}
     counts_at = next((loc for loc in ("raw.X", "X") if loc in stats and stats[loc].is_counts), None)
     used = counts_at or next(iter(stats))  # raw.X first when it exists
     _reject_bad_values(path, stats[used], counts_required and counts_at is None, stats)
@@ -233,25 +238,25 @@ def _matrices(adata: ad.AnnData) -> dict[CountsLocation, object]:
     return found
 
 
-def _blocks(matrix) -> Iterator[np.ndarray]:
-    """The stored values of a backed matrix in blocks of about BLOCK_VALUES."""
+def _blocks(matrix, block_values: int) -> Iterator[np.ndarray]:
+    """The stored values of a backed matrix in blocks of about ``block_values``."""
     group = getattr(matrix, "group", None)
     if group is not None:  # backed sparse (CSR/CSC): the non-zero values are all that can be wrong
         data = group["data"]
-        for start in range(0, data.shape[0], BLOCK_VALUES):
-            yield np.asarray(data[start : start + BLOCK_VALUES])
+        for start in range(0, data.shape[0], block_values):
+            yield np.asarray(data[start : start + block_values])
         return
     n_rows, n_cols = matrix.shape  # backed dense: an h5py dataset, read a block of rows at a time
-    step = max(1, BLOCK_VALUES // max(1, n_cols))
+    step = max(1, block_values // max(1, n_cols))
     for start in range(0, n_rows, step):
         yield np.asarray(matrix[start : start + step])
 
 
-def _scan(location: CountsLocation, matrix) -> MatrixStats:
+def _scan(location: CountsLocation, matrix, block_values: int) -> MatrixStats:
     sparse = getattr(matrix, "group", None) is not None
     stats = MatrixStats(location=location, sparse=sparse, dtype=str(matrix.dtype), n_values_scanned=0)
     integer_dtype = np.issubdtype(matrix.dtype, np.integer) or np.issubdtype(matrix.dtype, np.bool_)
-    for block in _blocks(matrix):
+    for block in _blocks(matrix, block_values):
         block = block.ravel()
         stats.n_values_scanned += block.size
         if block.size == 0:
@@ -275,24 +280,29 @@ def _reject_bad_values(path: Path, used: MatrixStats, need_counts: bool, all_sta
     if used.n_nonfinite:
         raise InputValidationError(
             path,
-            f"{where} has {used.n_nonfinite} non-finite values (NaN or infinity)",
+            f"{where} has {_plural(used.n_nonfinite, 'non-finite value')} (NaN or infinity)",
             "replace them (e.g. X[~np.isfinite(X)] = 0) or re-export the raw counts",
         )
     if used.n_negative:
         raise InputValidationError(
             path,
-            f"{where} has {used.n_negative} negative values, so it is not expression counts (scaled or centred data?)",
+            f"{where} has {_plural(used.n_negative, 'negative value')}, so it is not expression counts (scaled or centred data?)",
             "store the raw counts in .X or .raw.X",
         )
     if need_counts:
         looked = " and ".join(f".{s.location}" for s in all_stats.values())
+        verb = "hold" if len(all_stats) > 1 else "holds"
         raise InputValidationError(
             path,
-            f"{looked} hold no raw counts: {used.n_noninteger} values in {where} are not whole numbers "
+            f"{looked} {verb} no raw counts: {_plural(used.n_noninteger, 'value')} in {where} are not whole numbers "
             f"(max {used.max_value:.4g}; log-normalised data?). STACK needs raw counts in .raw.X or .X",
             "keep the raw counts (e.g. adata.raw = adata before sc.pp.normalize_total/log1p), "
             "or pass counts_required=False if the model expects normalised values",
         )
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
 def _reject_duplicate_genes(path: Path, var_names: pd.Index, location: CountsLocation) -> None:
@@ -302,7 +312,7 @@ def _reject_duplicate_genes(path: Path, var_names: pd.Index, location: CountsLoc
         examples = ", ".join(dupes[:5])
         raise InputValidationError(
             path,
-            f"duplicate gene names in the genes of .{location} ({len(dupes)} names, compared upper-cased: {examples})",
+            f"duplicate gene names in the genes of .{location} ({_plural(len(dupes), 'name')}, compared upper-cased: {examples})",
             "make them unique (adata.var_names_make_unique()) or sum the duplicated genes",
         )
 
