@@ -1,0 +1,323 @@
+"""The GPU job: ``python -m inference.stack_job --spec-json '<StackJobSpec JSON>'``.
+
+One run reads its inputs from storage URIs, checks them, runs STACK (in-context generation or
+embeddings) and writes under ``output_prefix``::
+
+    progress.json     rewritten as chunks finish (see inference.progress)
+    predictions.h5ad  generate: query cells x model genes per context, obs carried over + split_value
+                      embed:    query cells x embedding dimensions (also in obsm["X_stack"])
+    summary.json      PredictionSummary, for the agent
+    manifest.json     JobManifest, written last: its presence means the outputs are complete
+
+Exit status: 0 done, 2 bad input or an output prefix already in use (nothing computed), 1 any other
+failure (progress.json then says ``failed`` and why). Never imports Prefect.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import resource
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+from clients.storage import ObjectNotFoundError, local_path_of, scheme_of, store_for
+from inference import checkpoint as ckpt_mod
+from inference import precision as precision_mod
+from inference.contract import (
+    MANIFEST_FILE,
+    PREDICTIONS_FILE,
+    SUMMARY_FILE,
+    JobManifest,
+    PredictionSummary,
+    StackJobSpec,
+)
+from inference.data import (
+    CountMatrix,
+    InputError,
+    align_counts,
+    apply_obs_filter,
+    check_gene_list,
+    read_h5ad,
+    select_split_values,
+)
+from inference.embedding import chunk_cells, embed_cells
+from inference.generation import chunks_in_step, generate_split, plan_steps
+from inference.make_checkpoint import read_gene_list
+from inference.progress import ProgressWriter
+from inference.summary import summarize_generation
+
+log = logging.getLogger("inference.stack_job")
+
+
+class OutputExistsError(InputError):
+    """The output prefix already holds objects; a job never writes into a used location."""
+
+
+def refuse_used_prefix(prefix: str) -> None:
+    prefix = prefix.rstrip("/")
+    if scheme_of(prefix) == "file":  # the local store lists file:// URIs, whatever form was given
+        prefix = local_path_of(prefix).as_uri()
+    used = [u for u in store_for(prefix).list(prefix) if u == prefix or u.startswith(prefix + "/")]
+    if used:
+        raise OutputExistsError(
+            f"output_prefix {prefix} already holds {len(used)} object(s) (e.g. {used[0]}); "
+            "a job never writes into a used location: pick a new output_prefix"
+        )
+
+
+def fetch(uri: str, workdir: Path, *, field: str, filename: str) -> Path:
+    """A local file for ``uri``: the file itself for file:// URIs, else a verified download."""
+    store = store_for(uri)
+    local = store.local_path(uri)
+    if local is not None:
+        if not local.is_file():
+            raise InputError(f"{field}: {uri} does not exist; stage the input first")
+        return local
+    try:
+        return store.get_file(uri, workdir / filename)
+    except ObjectNotFoundError as exc:
+        raise InputError(f"{field}: {uri} does not exist; stage the input first") from exc
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise InputError("device 'cuda' was requested but this machine has no usable GPU; use 'auto' or 'cpu'")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """GPU: peak allocated by torch; CPU: the process's peak resident set."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def read_cells(path: Path, obs_filter, genes: list[str], *, name: str) -> tuple[ad.AnnData, CountMatrix]:
+    adata = apply_obs_filter(read_h5ad(str(path), name=name), obs_filter, name=name)
+    return adata, align_counts(adata, genes, name=name)
+
+
+class StackJob:
+    """One job run; ``run()`` returns the manifest it wrote."""
+
+    def __init__(self, spec: StackJobSpec, workdir: Path) -> None:
+        self.spec = spec
+        self.workdir = workdir
+        self.progress = ProgressWriter(spec)
+        self.timings: dict[str, float] = {}
+        self.started = datetime.now(UTC)
+
+    def _timed(self, key: str, start: float) -> None:
+        self.timings[key] = round(time.perf_counter() - start, 3)
+
+    def run(self) -> JobManifest:
+        spec = self.spec
+        t0 = time.perf_counter()
+        self.progress.update("loading", message="reading inputs", force=True)
+        gene_path = fetch(spec.gene_list_uri, self.workdir, field="gene_list_uri", filename="genes.pkl")
+        genes = check_gene_list(read_gene_list(gene_path), source=spec.gene_list_uri)
+        ckpt_path = fetch(spec.checkpoint_uri, self.workdir, field="checkpoint_uri", filename="model.ckpt")
+        info = ckpt_mod.inspect_checkpoint(ckpt_path, name=f"checkpoint {spec.checkpoint_uri}")
+        ckpt_mod.check_class_for_mode(info, spec.mode, name=f"checkpoint {spec.checkpoint_uri}")
+        ckpt_mod.check_gene_count(info, len(genes), name=f"checkpoint {spec.checkpoint_uri}")
+        query_path = fetch(spec.query_uri, self.workdir, field="query_uri", filename="query.h5ad")
+        query_adata, query = read_cells(query_path, spec.query_obs_filter, genes, name=f"query {spec.query_uri}")
+        prompts: dict[str, CountMatrix] = {}
+        if spec.mode == "generate":
+            prompt_path = fetch(spec.prompt_uri, self.workdir, field="prompt_uri", filename="prompt.h5ad")
+            name = f"prompt {spec.prompt_uri}"
+            prompt_adata = apply_obs_filter(read_h5ad(str(prompt_path), name=name), spec.prompt_obs_filter, name=name)
+            splits = select_split_values(prompt_adata.obs, spec.split_column, spec.split_values, name=name)
+            column = prompt_adata.obs[spec.split_column].astype(str)
+            for value in splits:
+                prompts[value] = align_counts(prompt_adata[(column == value).to_numpy()], genes, name=name)
+        device = resolve_device(spec.device)
+        self._timed("read_inputs_s", t0)
+
+        t1 = time.perf_counter()
+        self.progress.update("loading", message=f"loading the model on {device}", force=True)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        model = ckpt_mod.load_model(ckpt_path, spec.mode, device)
+        precision_mod.configure(model, spec.precision)
+        self._timed("load_model_s", t1)
+
+        t2 = time.perf_counter()
+        if spec.mode == "generate":
+            predictions, summary = self._generate(model, query_adata, query, prompts, genes, info.trained, device)
+        else:
+            predictions, summary = self._embed(model, query_adata, query, genes, gene_path, info.trained)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        self._timed("compute_s", t2)
+        peak = peak_memory_mb(device)
+
+        t3 = time.perf_counter()
+        self.progress.update("writing", message="writing outputs", force=True)
+        outputs = self._write_outputs(predictions, summary)
+        self._timed("write_s", t3)
+        self.timings["total_s"] = round(time.perf_counter() - t0, 3)
+        manifest = JobManifest(
+            spec=spec,
+            stack_config=info.model_config,
+            model_trained=info.trained,
+            model_parameters=info.n_parameters,
+            device=_device_name(device),
+            precision=spec.precision,
+            timings_s=self.timings,
+            peak_memory_mb=round(peak, 1),
+            outputs=outputs,
+            predictions_shape=(int(predictions.n_obs), int(predictions.n_vars)),
+            started_at=self.started,
+            finished_at=datetime.now(UTC),
+        )
+        self.progress.update("done", message="outputs written", force=True)
+        store_for(spec.output_prefix).put_bytes(
+            manifest.model_dump_json(indent=2).encode(), spec.output_uri(MANIFEST_FILE)
+        )
+        return manifest
+
+    def _generate(self, model, query_adata, query, prompts, genes, trained, device):
+        spec = self.spec
+        n_query = query.n_cells
+        plans = plan_steps(spec.num_steps, int(model.n_cells), n_query)
+        per_split = sum(chunks_in_step(p, spec.batch_size, spec.chunk_size) for p in plans)
+        total_cells = n_query * spec.num_steps * len(prompts)
+        self.progress.update(
+            "generating", chunks_total=per_split * len(prompts), cells_total=total_cells,
+            message=f"{len(prompts)} context(s), {n_query} query cells, {spec.num_steps} steps "
+            "(cells counts query cell-steps)", force=True,
+        )
+        # arc-stack matches model genes to upper-cased input names without upper-casing the model's
+        # own symbols: a gene not written in upper case never receives input. Reproduce that.
+        upper = np.array([g == g.upper() for g in genes])
+        gene_input_mask = None if upper.all() else torch.from_numpy(upper.astype(np.float32)).to(device)
+        query_dev = torch.from_numpy(query.counts).to(device)
+        results: dict[str, np.ndarray] = {}
+        logits: dict[str, np.ndarray] = {}
+        chunks_done = 0
+        for k, (value, prompt) in enumerate(prompts.items()):
+            cells_before = k * n_query * spec.num_steps
+
+            def on_chunk(step: int, done: int, value=value, cells_before=cells_before) -> None:
+                nonlocal chunks_done
+                chunks_done += 1
+                self.progress.update(
+                    "generating", chunks_done=chunks_done,
+                    cells_done=cells_before + (step - 1) * n_query + done,
+                    message=f"context {value!r} ({k + 1}/{len(prompts)}), step {step}/{spec.num_steps}",
+                )
+
+            counts, logit = generate_split(
+                model, torch.from_numpy(prompt.counts).to(device), query_dev,
+                num_steps=spec.num_steps, seed=spec.seed, batch_size=spec.batch_size,
+                chunk_size=spec.chunk_size, precision=spec.precision,
+                gene_input_mask=gene_input_mask, on_chunk=on_chunk,
+            )
+            results[value] = counts.cpu().numpy()
+            logits[value] = logit
+            log.info("context %r done (%d/%d)", value, k + 1, len(prompts))
+        summary = summarize_generation(results, query.counts, genes, query.genes_present, model_trained=trained)
+        parts = []
+        for value, counts in results.items():
+            obs = query_adata.obs.copy()
+            obs["query_cell"] = obs.index.astype(str)
+            obs["split_value"] = value
+            obs["gen_logit"] = logits[value]
+            parts.append(ad.AnnData(X=sp.csr_matrix(counts), obs=obs, var=pd.DataFrame(index=genes)))
+        predictions = ad.concat(parts, axis=0, keys=list(results), index_unique="-", merge="first")
+        predictions.obs["split_value"] = pd.Categorical(predictions.obs["split_value"], categories=list(results))
+        predictions.uns["stack_job"] = {"mode": "generate", "model_trained": trained, "seed": spec.seed,
+                                        "num_steps": spec.num_steps, "precision": spec.precision}
+        return predictions, summary
+
+    def _embed(self, model, query_adata, query, genes, gene_path, trained):
+        spec = self.spec
+        per_chunk = chunk_cells(int(model.n_cells), spec.chunk_size)
+        chunks_total = -(-query.n_cells // per_chunk)
+        self.progress.update("embedding", chunks_total=chunks_total, cells_total=query.n_cells, force=True)
+
+        def on_chunk(index: int, done: int) -> None:
+            self.progress.update("embedding", chunks_done=index, cells_done=done, message=f"chunk {index}/{chunks_total}")
+
+        emb = embed_cells(model, query.counts, genes, gene_path, batch_size=spec.batch_size,
+                          chunk_size=spec.chunk_size, precision=spec.precision, on_chunk=on_chunk)
+        obs = query_adata.obs.copy()
+        predictions = ad.AnnData(X=emb, obs=obs, var=pd.DataFrame(index=[f"stack_{i}" for i in range(emb.shape[1])]))
+        predictions.obsm["X_stack"] = emb
+        predictions.uns["stack_job"] = {"mode": "embed", "model_trained": trained, "precision": spec.precision}
+        summary = PredictionSummary(mode="embed", model_trained=trained, query_cells=query.n_cells, genes=len(genes))
+        return predictions, summary
+
+    def _write_outputs(self, predictions: ad.AnnData, summary: PredictionSummary) -> dict[str, str]:
+        spec = self.spec
+        store = store_for(spec.output_prefix)
+        local = self.workdir / PREDICTIONS_FILE
+        predictions.write_h5ad(local, compression="gzip")
+        written = {
+            PREDICTIONS_FILE: store.put_file(local, spec.output_uri(PREDICTIONS_FILE)).sha256,
+            SUMMARY_FILE: store.put_bytes(
+                summary.model_dump_json(indent=2).encode(), spec.output_uri(SUMMARY_FILE)
+            ).sha256,
+        }
+        return written
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return "cpu"
+
+
+def run_job(spec: StackJobSpec) -> JobManifest:
+    """Run one job; raises InputError (nothing computed) or the failure (progress says failed)."""
+    refuse_used_prefix(spec.output_prefix)
+    with tempfile.TemporaryDirectory(prefix="stack-job-") as tmp:
+        job = StackJob(spec, Path(tmp))
+        try:
+            return job.run()
+        except Exception as exc:
+            job.progress.update("failed", message=f"{type(exc).__name__}: {exc}"[:2000], force=True)
+            raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run one STACK job (see inference/contract.py).")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--spec-json", help="The StackJobSpec as JSON.")
+    source.add_argument("--spec-file", type=Path, help="A file holding the StackJobSpec JSON.")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    raw = args.spec_json if args.spec_json is not None else args.spec_file.read_text()
+    try:
+        spec = StackJobSpec.model_validate_json(raw)
+    except ValueError as exc:
+        print(f"error: the job spec is invalid:\n{exc}", file=sys.stderr)
+        return 2
+    try:
+        manifest = run_job(spec)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    log.info(
+        "done: %s predictions %s in %.1f s on %s (%s)",
+        spec.mode, manifest.predictions_shape, manifest.timings_s["total_s"], manifest.device, spec.precision,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
