@@ -5,8 +5,8 @@
 
 Validation failures (:class:`InputValidationError`) are final: retrying cannot fix a file. Only
 transient storage errors (429/5xx, dropped connections, damaged transfers) are retried. Staging is
-content-addressed, and its result is cached on the file's sha256, so a retried flow run neither
-re-uploads nor even re-checks an input it already staged.
+content-addressed, and its result is cached on the file's sha256 (while the object exists), so a
+retried flow run does not upload an input it already staged.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from prefect.states import State
 from pydantic import BaseModel, Field
 
 from clients.settings import get_settings
-from clients.storage import scheme_of
-from clients.storage.content import fetch_to_cache, put_content_addressed
+from clients.storage import scheme_of, store_for
+from clients.storage.content import content_uri, fetch_to_cache, put_content_addressed
 from clients.storage.digests import digest_file_cached
 from clients.storage.transient import is_transient_storage_error
 from tasks.h5ad_validation import DatasetFacts, InputValidationError, read_gene_list, validate_h5ad
@@ -99,15 +99,27 @@ def validate_input(
 
 
 def _staging_cache_key(context: TaskRunContext, parameters: dict) -> str | None:
-    """Same bytes, same destination, same facts: same staged input. None (no caching) for remote sources."""
+    """Same bytes, same destination, same facts: same staged input.
+
+    Only while the staged object is still there (one metadata call): a cache entry must never hand
+    back a URI that no longer resolves. None (no caching) for remote sources, whose bytes would
+    have to be downloaded to be named.
+    """
     source = parameters["source"]
     if scheme_of(source) != "file":
         return None
-    digest = digest_file_cached(local_input(source), _cache_dir("digests"))
+    path = local_input(source)
+    digest = digest_file_cached(path, _cache_dir("digests"))
     root = parameters.get("root") or get_settings().storage_root
+    uri = content_uri(root, digest.sha256, _staged_name(source))
+    if not store_for(uri).exists(uri):
+        return None
     facts: DatasetFacts = parameters["facts"]
-    payload = "|".join([digest.sha256, root, Path(source).name, facts.model_dump_json()])
-    return "stage-input-" + hashlib.sha256(payload.encode()).hexdigest()
+    return "stage-input-" + hashlib.sha256(f"{uri}|{facts.model_dump_json()}".encode()).hexdigest()
+
+
+def _staged_name(source: str) -> str:
+    return Path(source.rstrip("/")).name
 
 
 @task(
@@ -124,7 +136,7 @@ def stage_input(source: str, facts: DatasetFacts, root: str | None = None) -> St
     root = root or get_settings().storage_root
     path = local_input(source)
     stored = put_content_addressed(
-        path, root, filename=Path(source.rstrip("/")).name, digest_cache_dir=_cache_dir("digests")
+        path, root, filename=_staged_name(source), digest_cache_dir=_cache_dir("digests")
     )
     if stored.uploaded:
         logger.info("Staged %s -> %s (%.1f MB uploaded)", source, stored.uri, stored.size / 1e6)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import requests
 from google.api_core import exceptions as gexc
+from google.cloud.storage.exceptions import InvalidResponse
 
 from clients.storage.gcs import ChecksumMismatchError
 
@@ -22,5 +23,10 @@ TRANSIENT_STORAGE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+_TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
+
+
 def is_transient_storage_error(exc: BaseException) -> bool:
+    if isinstance(exc, InvalidResponse):  # the upload machinery's own error type
+        return getattr(exc.response, "status_code", None) in _TRANSIENT_STATUS
     return isinstance(exc, TRANSIENT_STORAGE_ERRORS)
