@@ -11,8 +11,8 @@ Cancelling the run, or the run failing (e.g. timing out), cancels the job: GPU t
 running for a run nobody is waiting for. A *crash* does not cancel it, so a Retry can pick it up.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: Prefect validates the flow's parameters against its
+# annotations, and a flow loaded from its entrypoint (by a runner or worker) cannot resolve them as strings.
 from typing import Any
 
 from prefect import flow, get_run_logger

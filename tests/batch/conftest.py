@@ -37,6 +37,14 @@ def process_gone(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] == "Z"
 
 
+def job_pid(job_id: str, request: pytest.FixtureRequest) -> int:
+    """The pid (and process group) of a job's process on whichever backend the test uses."""
+    settings = get_settings()
+    if settings.batch.backend == "local":
+        return int((settings.data_dir / "jobs" / job_id / "pid").read_text().split()[0])
+    return request.getfixturevalue("fake_batch").pid_of(job_id)
+
+
 @pytest.fixture
 def standin_python(tmp_path: Path) -> Path:
     """A `python` that runs the stand-in job for `-m inference.stack_job` and is the venv's interpreter otherwise."""

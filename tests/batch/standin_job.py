@@ -5,7 +5,8 @@
 - ``succeed``: progress.json per chunk, predictions.h5ad and summary.json, then manifest.json with
   their sha256 (the job contract's files), exit 0;
 - ``fail``: a traceback-like message on stderr, exit 3;
-- ``hang``: progress.json saying it is generating, then block until killed.
+- ``hang``: progress.json saying it is generating, then block until killed;
+- ``gated``: like ``hang`` until the file ``STACKFLOWS_TEST_GATE`` exists, then ``succeed``.
 
 Run as a script (``python tests/batch/standin_job.py --spec-json ...``); it imports only the contract
 and the storage client, like the real job.
@@ -18,6 +19,7 @@ import hashlib
 import os
 import signal
 import sys
+import time
 from datetime import datetime, timezone
 
 from clients.storage import local_path_of, store_for
@@ -85,12 +87,20 @@ def hang(spec: StackJobSpec) -> int:
     return 0
 
 
+def gated(spec: StackJobSpec) -> int:
+    write_progress(spec, progress("generating", 1))
+    gate = os.environ["STACKFLOWS_TEST_GATE"]
+    while not os.path.exists(gate):
+        time.sleep(0.05)
+    return succeed(spec)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--spec-json", required=True)
     spec = StackJobSpec.model_validate_json(parser.parse_args().spec_json)
     behaviour = os.environ.get("STACKFLOWS_TEST_STANDIN", "succeed")
-    return {"succeed": succeed, "fail": fail, "hang": hang}[behaviour](spec)
+    return {"succeed": succeed, "fail": fail, "hang": hang, "gated": gated}[behaviour](spec)
 
 
 if __name__ == "__main__":

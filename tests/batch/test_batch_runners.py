@@ -10,7 +10,7 @@ from clients.batch.local import LocalProcessRunner
 from clients.settings import Settings
 from inference.contract import StackJobSpec
 from tasks.gpu_job import verify_outputs
-from tests.batch.conftest import process_gone, wait_until
+from tests.batch.conftest import job_pid, process_gone, wait_until
 from tests.fake_batch_api import FakeBatchApi
 
 
@@ -23,12 +23,6 @@ def backend(request: pytest.FixtureRequest) -> str:
 def runner(backend: str, request: pytest.FixtureRequest) -> BatchRunner:
     settings: Settings = request.getfixturevalue(f"{backend}_settings")
     return runner_from_settings(settings)
-
-
-def job_pid(runner: BatchRunner, job_id: str, request: pytest.FixtureRequest) -> int:
-    if isinstance(runner, LocalProcessRunner):
-        return int((runner.job_dir(job_id) / "pid").read_text().split()[0])
-    return request.getfixturevalue("fake_batch").pid_of(job_id)
 
 
 def final_status(runner: BatchRunner, job_id: str):
@@ -67,11 +61,11 @@ def test_batch_submit_is_idempotent(runner, spec: StackJobSpec, standin, request
     standin("hang")
     job = BatchJobRequest.for_stack_job(spec)
     runner.submit(job, "stack-once-a1")
-    first_pid = job_pid(runner, "stack-once-a1", request)
+    first_pid = job_pid("stack-once-a1", request)
 
     assert runner.submit(job, "stack-once-a1") == "stack-once-a1"
 
-    assert job_pid(runner, "stack-once-a1", request) == first_pid
+    assert job_pid("stack-once-a1", request) == first_pid
     assert runner.find_jobs({}) == ["stack-once-a1"]
     runner.cancel("stack-once-a1")
 
@@ -80,7 +74,7 @@ def test_batch_cancel_stops_the_process(runner, spec: StackJobSpec, standin, req
     standin("hang")
     runner.submit(BatchJobRequest.for_stack_job(spec), "stack-cancel-a1")
     wait_until(lambda: runner.status("stack-cancel-a1").progress, what="the job to report progress")
-    pid = job_pid(runner, "stack-cancel-a1", request)
+    pid = job_pid("stack-cancel-a1", request)
 
     runner.cancel("stack-cancel-a1")
 
