@@ -1,0 +1,120 @@
+"""Planning and summarising without a model: the offline planner on scanpy's pbmc68k_reduced."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+from clients.llm.settings import AgentSettings
+from flows.models import AnalysisRequest
+from inference.contract import PredictionSummary, SplitSummary
+from tasks.offline_findings import offline_findings
+from tasks.offline_planner import OFFLINE_PLANNER, offline_plan
+from tasks.plan_checks import PlanInvalid, check_plan, check_request
+from tasks.plan_data import PlanData
+
+QUESTION = "How would dendritic cells look in the context of monocytes and B cells?"
+
+
+def _request(path: Path, question: str = QUESTION, **fields: object) -> AnalysisRequest:
+    return AnalysisRequest(question=question, prompt_uri=str(path), query_uri=str(path), **fields)
+
+
+def test_offline_plan_for_pbmc68k_reduced_is_valid(pbmc_h5ad: Path) -> None:
+    data = PlanData.from_uris(pbmc_h5ad.as_uri(), pbmc_h5ad.as_uri())
+    settings = AgentSettings()
+
+    plan = offline_plan(_request(pbmc_h5ad), data, settings)
+
+    assert check_plan(plan, data, settings) == []
+    assert plan.planned_by == OFFLINE_PLANNER
+    assert plan.split_column == "bulk_labels"  # the question names its values
+    assert plan.split_values[:2] == ["Dendritic", "CD14+ Monocyte"]  # named values first
+    assert "CD4+/CD45RA+/CD25- Naive T" not in plan.split_values  # 8 cells: too few
+    assert len(plan.split_values) == settings.max_split_values
+    assert plan.num_steps == settings.default_num_steps and plan.usage is None
+    assert "without a model" in plan.rationale
+    spec = plan.to_job_spec(
+        prompt_uri="file:///in.h5ad", query_uri="file:///in.h5ad", checkpoint_uri="file:///ckpt",
+        gene_list_uri="file:///genes.pkl", output_prefix="file:///out/1", chunk_size=64,
+    )
+    assert spec.mode == "generate" and spec.split_values == plan.split_values and spec.chunk_size == 64
+
+
+def test_offline_plan_uses_the_request_fields(pbmc_h5ad: Path) -> None:
+    data = PlanData.from_uris(str(pbmc_h5ad), str(pbmc_h5ad))
+    request = _request(
+        pbmc_h5ad, question="What changes across clusters?", split_column="louvain",
+        prompt_obs_filter={"phase": ["G1"]}, num_steps=40, seed=3,
+    )
+
+    plan = offline_plan(request, data, AgentSettings(max_split_values=4))
+
+    assert plan.split_column == "louvain" and plan.prompt_obs_filter == {"phase": ["G1"]}
+    assert (plan.num_steps, plan.seed) == (40, 3)
+    g1_counts = data.prompt.value_counts("louvain", {"phase": ["G1"]})
+    assert plan.split_values == list(g1_counts)[:4]  # largest first, counted after the prompt filter
+
+
+def test_offline_planner_without_a_usable_column_says_what_to_do(tmp_path: Path) -> None:
+    path = tmp_path / "flat.h5ad"
+    ad.AnnData(
+        X=np.ones((30, 5), dtype=np.float32),
+        obs=pd.DataFrame({"score": np.linspace(0, 1, 30)}, index=[f"c{i}" for i in range(30)]),
+    ).write_h5ad(path)
+    data = PlanData.from_uris(str(path), str(path))
+
+    with pytest.raises(PlanInvalid, match="(?s)no prompt obs column to split on.*set split_column and split_values"):
+        offline_plan(_request(path), data, AgentSettings())
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"split_column": "cell_type"}, "split_column names column 'cell_type', which the prompt data does not have"),
+        ({"split_values": ["Dendritic"]}, "split_values is given without split_column"),
+        ({"query_obs_filter": {"bulk_labels": ["DC"]}}, "query_obs_filter['bulk_labels'] names 'DC', not values"),
+        (
+            {"split_column": "bulk_labels", "split_values": ["CD34+"], "prompt_obs_filter": {"phase": ["S"]}},
+            "split value 'CD34+' has 7 prompt cells after prompt_obs_filter; at least 10 needed",
+        ),
+    ],
+)
+def test_bad_request_fields_are_named_before_planning(pbmc_h5ad: Path, fields: dict, expected: str) -> None:
+    data = PlanData.from_uris(str(pbmc_h5ad), str(pbmc_h5ad))
+    with pytest.raises(PlanInvalid) as failure:
+        check_request(_request(pbmc_h5ad, **fields), data, AgentSettings())
+    assert "fix the request" in str(failure.value) and expected in str(failure.value)
+
+
+def _summary(trained: bool) -> PredictionSummary:
+    return PredictionSummary(
+        mode="generate", model_trained=trained, query_cells=240, genes=765,
+        splits=[
+            SplitSummary(split_value="CD19+ B", cells=240, mean_shift=0.12,
+                         top_up=[("CD79A", 1.1)], top_down=[("LYZ", -0.8)]),
+            SplitSummary(split_value="CD14+ Monocyte", cells=240, mean_shift=0.31,
+                         top_up=[("S100A8", 2.0), ("LYZ", 1.6)], top_down=[("CD74", -0.5)]),
+        ],
+    )
+
+
+def test_offline_findings_say_no_model_wrote_them_and_flag_an_untrained_checkpoint(pbmc_h5ad: Path) -> None:
+    data = PlanData.from_uris(str(pbmc_h5ad), str(pbmc_h5ad))
+    plan = offline_plan(_request(pbmc_h5ad), data, AgentSettings(max_split_values=2))
+
+    findings = offline_findings(plan, _summary(trained=False))
+
+    assert findings.written_by.startswith("offline summary") and not findings.model_trained
+    assert "no language model read these results" in findings.markdown
+    assert "**Untrained model.**" in findings.markdown
+    assert any("untrained" in c for c in findings.caveats)
+    assert "moves the query cells most is **CD14+ Monocyte**" in findings.markdown
+    assert "S100A8 (+2.00)" in findings.markdown
+    assert "did not produce: Dendritic" in findings.markdown  # planned, but absent from the summary
+    trained = offline_findings(plan, _summary(trained=True))
+    assert "Untrained" not in trained.markdown and trained.model_trained
