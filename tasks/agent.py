@@ -33,6 +33,7 @@ from tasks.offline_planner import offline_plan
 from tasks.plan import Findings, RunPlan
 from tasks.plan_checks import PlanInvalid, check_plan, check_request
 from tasks.plan_data import PlanData
+from tasks.staging import StagedInput
 
 API_KEY_ENV = "ANTHROPIC_API_KEY"
 # Agent settings that change what a step answers; the others (prices, timeouts) do not invalidate results.
@@ -89,6 +90,9 @@ def _agent_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str
 
 
 def _canonical(value: Any) -> Any:
+    if isinstance(value, StagedInput):
+        # Named by content: where validation read it from does not change the answer.
+        return {"uri": value.uri, "sha256": value.sha256, "gene_overlap": value.gene_overlap}
     if hasattr(value, "model_dump"):
         return value.model_dump(mode="json")
     if isinstance(value, str) and _is_local_h5ad(value):
@@ -108,19 +112,19 @@ def _is_local_h5ad(value: str) -> bool:
 @task(name="plan-run", persist_result=True, cache_key_fn=_agent_cache_key)
 def plan_run(
     request: AnalysisRequest,
-    prompt_uri: str,
-    query_uri: str,
+    prompt: StagedInput | str,
+    query: StagedInput | str,
     document_text: str = "",
-    gene_overlap: float | None = None,
 ) -> RunPlan:
     """Decide which cells and contexts answer the question, checked against the staged data.
 
-    The request's explicit plan fields are checked first and always win; a plan that does not fit
-    the data fails here, before any upload or GPU job.
+    ``prompt``/``query`` are the staged inputs (or plain h5ad URIs); ``document_text`` is what OCR
+    read from the request's documents. The request's explicit plan fields are checked first and
+    always win; a plan that does not fit the data fails here, before any GPU job.
     """
     logger = get_run_logger()
     settings = get_settings().agent
-    data = PlanData.from_uris(prompt_uri, query_uri, gene_overlap=gene_overlap)
+    data = PlanData.from_inputs(prompt, query)
     check_request(request, data, settings)
     key = anthropic_api_key(settings)
     if key is None:

@@ -10,12 +10,15 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anndata as ad
 import pandas as pd
+
+if TYPE_CHECKING:
+    from tasks.staging import StagedInput
 
 Side = Literal["prompt", "query"]
 
@@ -100,11 +103,11 @@ class ObsTable:
 
 @dataclass(frozen=True)
 class PlanData:
-    """Prompt and query cell metadata, plus what the validation step already learned (gene overlap)."""
+    """Prompt and query cell metadata, plus what validation already learned (gene overlap with the model)."""
 
     prompt: ObsTable
     query: ObsTable
-    gene_overlap: float | None = None
+    gene_overlap: dict[str, float] = field(default_factory=dict)
 
     def side(self, which: Side) -> ObsTable:
         if which not in ("prompt", "query"):
@@ -116,21 +119,39 @@ class PlanData:
             "prompt": self.prompt.describe(),
             "query": self.query.describe() if self.query.uri != self.prompt.uri else "same file as prompt",
         }
-        if self.gene_overlap is not None:
-            described["gene_overlap_with_model"] = round(self.gene_overlap, 4)
+        if self.gene_overlap:
+            described["gene_overlap_with_model"] = {k: round(v, 4) for k, v in self.gene_overlap.items()}
         return described
 
     @classmethod
-    def from_uris(cls, prompt_uri: str, query_uri: str, *, gene_overlap: float | None = None) -> PlanData:
+    def from_uris(cls, prompt_uri: str, query_uri: str) -> PlanData:
         """Read both obs tables; the same URI is read once."""
         prompt = read_obs_table(prompt_uri)
         query = prompt if query_uri == prompt_uri else read_obs_table(query_uri)
-        return cls(prompt=prompt, query=query, gene_overlap=gene_overlap)
+        return cls(prompt=prompt, query=query)
+
+    @classmethod
+    def from_inputs(cls, prompt: StagedInput | str, query: StagedInput | str) -> PlanData:
+        """From staged inputs (or plain URIs): obs read from the validated local copy when it is still there."""
+        tables: dict[str, ObsTable] = {}
+        overlap: dict[str, float] = {}
+        for side, given in (("prompt", prompt), ("query", query)):
+            uri = given if isinstance(given, str) else given.uri
+            if uri in tables:
+                tables[side] = tables[uri]
+            else:
+                tables[side] = tables[uri] = read_obs_table(uri, local_copy=_validated_copy(given))
+            if not isinstance(given, str) and given.gene_overlap is not None:
+                overlap[side] = given.gene_overlap
+        return cls(prompt=tables["prompt"], query=tables["query"], gene_overlap=overlap)
 
 
-def read_obs_table(uri: str) -> ObsTable:
-    """Open an h5ad backed and read-only and keep its obs and shape."""
-    with _local_copy(uri) as path:
+def read_obs_table(uri: str, local_copy: Path | None = None) -> ObsTable:
+    """Open an h5ad backed and read-only and keep its obs and shape.
+
+    ``local_copy`` is a local file with the same bytes as ``uri`` (saves a download).
+    """
+    with _local_copy(uri, local_copy) as path:
         adata = ad.read_h5ad(path, backed="r")
         try:
             return ObsTable(
@@ -142,10 +163,21 @@ def read_obs_table(uri: str) -> ObsTable:
             adata.file.close()
 
 
+def _validated_copy(given: StagedInput | str) -> Path | None:
+    """The file validation read, if it is still there unchanged in size (staging copied its bytes)."""
+    if isinstance(given, str):
+        return None
+    path = Path(given.facts.path)
+    return path if path.is_file() and path.stat().st_size == given.size_bytes else None
+
+
 @contextmanager
-def _local_copy(uri: str) -> Iterator[Path]:
+def _local_copy(uri: str, known_copy: Path | None = None) -> Iterator[Path]:
     from clients.storage import local_path_of, scheme_of, store_for
 
+    if known_copy is not None:
+        yield known_copy
+        return
     if scheme_of(uri) == "file":
         path = local_path_of(uri)
         if not path.is_file():

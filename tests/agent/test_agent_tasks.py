@@ -30,6 +30,7 @@ from flows.models import AnalysisRequest
 from inference.contract import PredictionSummary, SplitSummary
 from tasks.agent import interpret, plan_run
 from tasks.plan import Findings, RunPlan
+from tasks.staging import StagedInput, stage_input, validate_input
 from tests.agent.conftest import FAKE_KEY
 from tests.fake_anthropic_api import FakeMessagesAPI, text, thinking, tool_use
 
@@ -59,13 +60,26 @@ def plan_and_interpret(request: AnalysisRequest, documents: str) -> tuple[RunPla
     return plan, interpret(plan, SUMMARY, question=request.question)
 
 
-def test_offline_plan_through_the_task(pbmc_h5ad: Path, settings: object, no_key: None) -> None:
+@flow
+def stage_and_plan(request: AnalysisRequest) -> tuple[StagedInput, RunPlan, Findings]:
+    facts = validate_input(request.prompt_uri, counts_required=False)  # pbmc68k_reduced holds no raw counts
+    staged = stage_input(request.prompt_uri, facts)
+    plan = plan_run(request, staged, staged)
+    return staged, plan, interpret(plan, SUMMARY)
+
+
+def test_offline_plan_on_staged_inputs(pbmc_h5ad: Path, settings: object, no_key: None) -> None:
     request = AnalysisRequest(question="Monocytes versus B cells?", prompt_uri=str(pbmc_h5ad), query_uri=str(pbmc_h5ad))
 
-    plan, findings = plan_and_interpret(request, "")
+    staged, plan, findings = stage_and_plan(request)
 
     assert plan.planned_by == "offline planner (no ANTHROPIC_API_KEY)" and plan.split_column == "bulk_labels"
     assert findings.written_by.startswith("offline summary") and not findings.model_trained
+    spec = plan.to_job_spec(
+        prompt_uri=staged.uri, query_uri=staged.uri, checkpoint_uri="file:///ckpt",
+        gene_list_uri="file:///genes.pkl", output_prefix="file:///out/1",
+    )
+    assert spec.prompt_uri == staged.uri and spec.split_values == plan.split_values
 
 
 def test_a_rerun_reads_the_persisted_plan_instead_of_paying_again(
