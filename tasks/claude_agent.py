@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from clients.llm.claude import ClaudeClient
+from clients.llm.settings import AgentSettings
 from flows.models import AnalysisRequest
 from inference.contract import PredictionSummary
 from tasks.agent_tools import SUBMIT_PLAN, TOOLS, run_tool
@@ -150,7 +151,7 @@ _NUDGE_SUBMIT = "No plan was submitted. Call submit_plan with your plan."
 _NUDGE_CUT = "Your reply was cut off at the output limit. Call submit_plan now, with a short rationale."
 
 
-def _planning_prompt(request: AnalysisRequest, document_text: str, settings: Any) -> str:
+def _planning_prompt(request: AnalysisRequest, document_text: str, settings: AgentSettings) -> str:
     fixed = explicit_fields(request)
     parts = [f"<question>\n{request.question}\n</question>"]
     if fixed:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from prefect import flow
+from prefect.blocks.system import Secret
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import Artifact, Log
 from prefect.client.schemas.filters import (
@@ -26,9 +27,10 @@ from prefect.logging.handlers import APILogHandler
 from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
 
 from clients.llm.settings import AgentSettings
+from clients.settings import get_settings
 from flows.models import AnalysisRequest
 from inference.contract import PredictionSummary, SplitSummary
-from tasks.agent import interpret, plan_run
+from tasks.agent import anthropic_api_key, interpret, plan_run
 from tasks.plan import Findings, RunPlan
 from tasks.staging import StagedInput, stage_input, validate_input
 from tests.agent.conftest import FAKE_KEY
@@ -166,3 +168,27 @@ async def _logs_and_artifacts(flow_run_id: UUID, until: str) -> tuple[list[Log],
             sort=ArtifactSort.CREATED_DESC,
         )
     return logs, artifacts
+
+
+def test_the_key_can_come_from_a_prefect_secret_block(
+    claude_settings: AgentSettings, fake_api: FakeMessagesAPI, pbmc_h5ad: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Secret(value="sk-ant-from-a-secret-block").save("agent-test-anthropic-key", overwrite=True)
+    monkeypatch.delenv("ANTHROPIC_API_KEY")
+    monkeypatch.setenv("STACKFLOWS_AGENT__API_KEY_SECRET_BLOCK", "agent-test-anthropic-key")
+    get_settings.cache_clear()
+    request = AnalysisRequest(question="Secret-block planning?", prompt_uri=str(pbmc_h5ad), query_uri=str(pbmc_h5ad))
+    fake_api.reply([tool_use("submit_plan", PLAN_INPUT)])
+    fake_api.reply([text("Findings.")])
+
+    plan, _ = plan_and_interpret(request, "")
+
+    assert plan.planned_by == "model claude-sonnet-5-5"
+    assert fake_api.requests[0].headers["authorization"] == "Bearer sk-ant-from-a-secret-block"
+
+
+def test_a_missing_secret_block_is_named(claude_settings: AgentSettings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ANTHROPIC_API_KEY")
+    settings = claude_settings.model_copy(update={"api_key_secret_block": "no-such-block-7"})
+    with pytest.raises(ValueError, match="Secret block 'no-such-block-7', which does not exist"):
+        anthropic_api_key(settings)
