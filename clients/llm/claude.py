@@ -1,7 +1,8 @@
 """Anthropic's Messages API through the ``anthropic`` SDK, set up the way every agent step needs it.
 
 - The fixed system prompt and the tool definitions carry ``cache_control`` so repeated turns and
-  runs read them from the prompt cache.
+  runs read them from the prompt cache; so does the newest message of a tool-use conversation,
+  so each turn reads the turns before it from the cache instead of paying for them again.
 - The SDK retries 408/409/429/5xx/529 with backoff (``max_retries``), except a 429 that means a
   spend limit was reached: retrying cannot help, so :class:`StopOnSpendLimit` ends the call at
   once with :class:`SpendLimitReached`.
@@ -91,6 +92,7 @@ class ClaudeClient:
         options: dict[str, Any] = {}
         if tools:
             options["tools"] = [*tools[:-1], {**tools[-1], "cache_control": _CACHED}]
+            messages = _cache_up_to_last(messages)
         if self.settings.temperature is not None:
             options["temperature"] = self.settings.temperature
         reply = self._sdk.messages.create(
@@ -111,6 +113,15 @@ class ClaudeClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _cache_up_to_last(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A copy whose last message ends with a cache breakpoint (the caller's list is not changed)."""
+    *earlier, last = messages
+    content = last["content"]
+    blocks = [{"type": "text", "text": content}] if isinstance(content, str) else [dict(b) for b in content]
+    blocks[-1] = {**blocks[-1], "cache_control": _CACHED}
+    return [*earlier, {**last, "content": blocks}]
 
 
 def _error_of(response: Any) -> dict[str, Any]:

@@ -72,8 +72,11 @@ def test_multi_turn_tool_use_plan(claude_settings: AgentSettings, fake_api: Fake
     assert first.body["tools"][-1]["cache_control"] == {"type": "ephemeral"}
     assert [t["name"] for t in first.body["tools"]] == ["describe_dataset", "count_cells", "show_values", "submit_plan"]
     assert "temperature" not in first.body
-    assert QUESTION in first.body["messages"][0]["content"]
-    assert "PBMCs from one donor" in first.body["messages"][0]["content"]
+    # The newest message is a cache breakpoint too (4 at most: tools, system, this one).
+    assert fourth.body["messages"][-1]["content"][-1]["cache_control"] == {"type": "ephemeral"}
+    assert all("cache_control" not in b for m in fourth.body["messages"][:-1] for b in m["content"] if isinstance(b, dict))
+    assert QUESTION in first.body["messages"][0]["content"][0]["text"]
+    assert "PBMCs from one donor" in first.body["messages"][0]["content"][0]["text"]
     # Tool results are computed from the staged h5ad.
     described = json.loads(second.tool_results()[0]["content"])
     bulk = next(c for c in described["prompt"]["obs_columns"] if c["name"] == "bulk_labels")
@@ -167,7 +170,7 @@ def test_request_fields_win_over_the_model(claude_settings: AgentSettings, fake_
     plan = _plan(claude_settings, request, pbmc_h5ad)
 
     assert (plan.num_steps, plan.query_obs_filter, plan.seed, plan.precision) == (25, {"phase": ["S"]}, 7, "fp32")
-    prompt = fake_api.requests[0].body["messages"][0]["content"]
+    prompt = fake_api.requests[0].body["messages"][0]["content"][0]["text"]
     assert '<fixed_by_request>\n{"query_obs_filter": {"phase": ["S"]}, "num_steps": 25}' in prompt
 
 
