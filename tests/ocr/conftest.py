@@ -7,7 +7,9 @@ probes the real metadata server (169.254.169.254 / metadata.google.internal).
 from __future__ import annotations
 
 import io
+import ipaddress
 import json
+import socket
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -97,6 +99,15 @@ def point_metadata_at(monkeypatch: pytest.MonkeyPatch, host: str) -> None:
 def _never_the_real_metadata_server(monkeypatch: pytest.MonkeyPatch, no_metadata_host: str) -> None:
     monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
     point_metadata_at(monkeypatch, no_metadata_host)
+    real_connect = socket.socket.connect
+
+    def loopback_only(sock: socket.socket, address: object) -> None:
+        host = address[0] if isinstance(address, tuple) else None  # AF_UNIX paths pass
+        if host is not None and host != "localhost" and not ipaddress.ip_address(host).is_loopback:
+            raise AssertionError(f"an OCR test tried to reach {address}; tests talk to 127.0.0.1 only")
+        real_connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", loopback_only)
 
 
 @pytest.fixture
