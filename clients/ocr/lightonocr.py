@@ -105,7 +105,7 @@ class LightOnOcrClient(OcrEngine):
         if failures:
             first = min(failures, key=lambda exc: exc.page_number)
             if len(failures) > 1:
-                first.args = (f"{first.args[0]} ({len(failures) - 1} more page(s) failed the same run)",)
+                first.args = (f"{first.args[0]} ({len(failures) - 1} more page(s) failed too)",)
             raise first
         return [done_pages[number] for number in order]
 
