@@ -180,3 +180,12 @@ def test_service_account_email_is_named_in_a_403(metadata_identity: FakeGoogleId
         with pytest.raises(OcrPageError) as failure:
             DocumentReader(service_settings(fake.url)).read(scanned_pdf(1), "scan.pdf")
     assert SERVICE_ACCOUNT in str(failure.value) and "roles/run.invoker" in str(failure.value)
+
+
+def test_a_token_near_expiry_is_renewed_while_pages_keep_flowing(metadata_identity: FakeGoogleIdentity) -> None:
+    metadata_identity.lifetime_s = 200  # inside google-auth's 3 min 45 s refresh window from the start
+    with FakeOcrService() as fake:
+        fake.require_token = checked_by(metadata_identity, fake.url)
+        doc = DocumentReader(service_settings(fake.url, concurrency=1)).read(scanned_pdf(4), "scan.pdf")
+    assert doc.engines == {"lightonocr": 4} and fake.unauthorized == 0
+    assert len(metadata_identity.issued) >= 2  # renewed in the background, the old token still used meanwhile
