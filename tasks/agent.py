@@ -133,19 +133,21 @@ def plan_run(
     else:
         logger.info("Planning with %s", settings.model)
         with ClaudeClient(settings, api_key=key) as client:
-            plan = plan_with_claude(client, request, data, document_text)
+            try:
+                plan = plan_with_claude(client, request, data, document_text)
+            finally:  # what was spent is worth knowing, plan or no plan
+                logger.info("Planning used %s", client.usage.line())
     problems = check_plan(plan, data, settings)
     if problems:  # the planners check their own plans; this guards the contract
         raise PlanInvalid(f"The plan by {plan.planned_by} does not fit the data:", problems)
     logger.info(
-        "Plan by %s: %d contexts of %r, %d prompt and %d query cells, %d steps%s",
+        "Plan by %s: %d contexts of %r, %d prompt and %d query cells, %d steps",
         plan.planned_by,
         len(plan.split_values),
         plan.split_column,
         data.prompt.count(plan.prompt_obs_filter),
         data.query.count(plan.query_obs_filter),
         plan.num_steps,
-        f"; {plan.usage.line()}" if plan.usage else "",
     )
     return plan
 
