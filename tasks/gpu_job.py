@@ -14,7 +14,6 @@ Why the pieces look the way they do:
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from pydantic import BaseModel
 
 from clients.batch import BatchJobRequest, BatchRunner, JobNotFoundError, JobState, JobStatus, runner_from_settings
 from clients.settings import get_settings
+from clients.storage.uris import join_uri
 from inference.contract import MANIFEST_FILE, JobManifest
 
 MAX_ATTEMPTS = 99
@@ -185,7 +185,7 @@ def verify_outputs(job_id: str, output_prefix: str) -> CollectedOutputs:
     """Read the manifest and check every output it lists against its sha256."""
     from clients.storage import ObjectNotFoundError, store_for
 
-    manifest_uri = f"{output_prefix.rstrip('/')}/{MANIFEST_FILE}"
+    manifest_uri = join_uri(output_prefix, MANIFEST_FILE)
     try:
         manifest = JobManifest.model_validate_json(store_for(manifest_uri).get_bytes(manifest_uri))
     except ObjectNotFoundError:
@@ -194,7 +194,7 @@ def verify_outputs(job_id: str, output_prefix: str) -> CollectedOutputs:
         ) from None
     outputs = {}
     for name, expected in manifest.outputs.items():
-        uri = f"{output_prefix.rstrip('/')}/{name}"
+        uri = join_uri(output_prefix, name)
         actual = _sha256_of(uri)
         if actual != expected:
             raise OutputsInvalidError(
@@ -212,24 +212,17 @@ def _sha256_of(uri: str) -> str | None:
     import tempfile
 
     from clients.storage import ObjectNotFoundError, store_for
+    from clients.storage.local import sha256_of_file
 
     store = store_for(uri)
     try:
         local = store.local_path(uri)
         if local is None:
             with tempfile.TemporaryDirectory() as tmp:
-                return _sha256_file(store.get_file(uri, Path(tmp) / "object"))
-        return _sha256_file(local) if local.is_file() else None
+                return sha256_of_file(store.get_file(uri, Path(tmp) / "object"))
+        return sha256_of_file(local) if local.is_file() else None
     except ObjectNotFoundError:
         return None
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(8 * 1024 * 1024):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @task(name="collect-gpu-job-outputs", cache_policy=NO_CACHE)

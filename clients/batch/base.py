@@ -13,6 +13,7 @@ from enum import Enum
 
 from pydantic import BaseModel, Field
 
+from clients.storage.uris import join_uri
 from inference.contract import MANIFEST_FILE, PROGRESS_FILE, JobProgress, StackJobSpec
 
 JOB_ID_PATTERN = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -50,7 +51,7 @@ class BatchJobRequest(BaseModel):
         return cls(command=spec.to_argv(), output_prefix=spec.output_prefix, labels=labels or {})
 
     def output_uri(self, name: str) -> str:
-        return f"{self.output_prefix.rstrip('/')}/{name}"
+        return join_uri(self.output_prefix, name)
 
     @property
     def progress_uri(self) -> str:
@@ -127,7 +128,7 @@ def read_progress(output_prefix: str) -> JobProgress | None:
     """The job's last ``progress.json``, or None before it wrote one (or if it is unreadable)."""
     from clients.storage import ObjectNotFoundError, store_for
 
-    uri = f"{output_prefix.rstrip('/')}/{PROGRESS_FILE}"
+    uri = join_uri(output_prefix, PROGRESS_FILE)
     try:
         return JobProgress.model_validate_json(store_for(uri).get_bytes(uri))
     except (ObjectNotFoundError, ValueError):
@@ -138,7 +139,7 @@ def read_stderr_tail(output_prefix: str) -> str:
     """What clients.batch.job_wrapper saved of the job's stderr, or '' if nothing was saved."""
     from clients.storage import ObjectNotFoundError, store_for
 
-    uri = f"{output_prefix.rstrip('/')}/{STDERR_TAIL_FILE}"
+    uri = join_uri(output_prefix, STDERR_TAIL_FILE)
     try:
         return store_for(uri).get_bytes(uri).decode(errors="replace")
     except ObjectNotFoundError:
