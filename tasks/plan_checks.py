@@ -23,8 +23,12 @@ class PlanInvalid(ValueError):
     """A plan (or the request's explicit plan fields) does not fit the data."""
 
     def __init__(self, summary: str, problems: list[str]) -> None:
+        self.summary = summary
         self.problems = problems
         super().__init__(summary + "\n" + "\n".join(f"- {p}" for p in problems))
+
+    def __reduce__(self):  # keep both fields when Prefect pickles the failure
+        return (type(self), (self.summary, self.problems))
 
 
 def explicit_fields(request: AnalysisRequest) -> dict[str, Any]:

@@ -118,3 +118,10 @@ def test_offline_findings_say_no_model_wrote_them_and_flag_an_untrained_checkpoi
     assert "did not produce: Dendritic" in findings.markdown  # planned, but absent from the summary
     trained = offline_findings(plan, _summary(trained=True))
     assert "Untrained" not in trained.markdown and trained.model_trained
+
+
+def test_plan_invalid_survives_pickling() -> None:
+    import pickle
+
+    error = pickle.loads(pickle.dumps(PlanInvalid("Bad plan:", ["split_column names column 'x'"])))
+    assert error.problems == ["split_column names column 'x'"] and str(error) == "Bad plan:\n- split_column names column 'x'"

@@ -32,6 +32,7 @@ from flows.models import AnalysisRequest
 from inference.contract import PredictionSummary, SplitSummary
 from tasks.agent import anthropic_api_key, interpret, plan_run
 from tasks.plan import Findings, RunPlan
+from tasks.plan_checks import PlanInvalid
 from tasks.staging import StagedInput, stage_input, validate_input
 from tests.agent.conftest import FAKE_KEY
 from tests.fake_anthropic_api import FakeMessagesAPI, text, thinking, tool_use
@@ -192,3 +193,15 @@ def test_a_missing_secret_block_is_named(claude_settings: AgentSettings, monkeyp
     settings = claude_settings.model_copy(update={"api_key_secret_block": "no-such-block-7"})
     with pytest.raises(ValueError, match="Secret block 'no-such-block-7', which does not exist"):
         anthropic_api_key(settings)
+
+
+def test_a_bad_request_fails_before_any_model_call(
+    claude_settings: AgentSettings, fake_api: FakeMessagesAPI, pbmc_h5ad: Path
+) -> None:
+    request = AnalysisRequest(
+        question="Contexts by tissue?", prompt_uri=str(pbmc_h5ad), query_uri=str(pbmc_h5ad), split_column="tissue"
+    )
+
+    with pytest.raises(PlanInvalid, match="split_column names column 'tissue'.*columns: 'bulk_labels'"):
+        plan_and_interpret(request, "")
+    assert fake_api.requests == []
