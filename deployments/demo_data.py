@@ -8,8 +8,8 @@ using the cell's total ``obs['n_counts']``. Inverting that gives back the intege
 
 Checked on the data (see tests/storage/test_storage_demo_data.py): every reconstructed non-zero
 lies within 0.1 of a whole number (the leftover is float32 rounding in the stored log values) and
-the smallest is 1, so rounding recovers the original UMI counts. The 765 genes hold about 20% of
-each cell's total, as expected for a subset of highly variable genes.
+the smallest is 1, so rounding recovers the original UMI counts. The 765 genes hold 11-28%
+(median 20%) of each cell's total, as expected for a subset of highly variable genes.
 
 ``prepare_demo_data(directory)`` writes ``pbmc68k_counts.h5ad`` (counts in ``.X``, all obs
 columns, the UMAP) and ``pbmc68k_genes.pkl`` (the genes' upper-case symbols, standing in for a
