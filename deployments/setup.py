@@ -1,0 +1,292 @@
+"""``python -m deployments.setup local|gcp``: everything a Prefect server needs to run analyses.
+
+One environment at a time, in this order: the work pool, the global concurrency limit that keeps
+GPU jobs from piling up, the blocks (result storage, the Anthropic key as a Secret), the demo data
+the nightly canary reads, then the deployments from ``prefect.yaml`` (through ``prefect deploy``).
+
+Running it again changes nothing: each piece is compared with what the server has and written only
+when it differs. Deployments carry a fingerprint of their configuration (``prefect.yaml``, the
+deploy-time environment variables it names, this checkout's path, the flow code's signature files)
+as their version, and are redeployed only when it changes, because every redeploy replaces the
+schedules and deletes the runs already scheduled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from prefect import get_client
+from prefect.blocks.core import Block
+from prefect.blocks.system import Secret
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.actions import (
+    GlobalConcurrencyLimitCreate,
+    GlobalConcurrencyLimitUpdate,
+    WorkPoolCreate,
+    WorkPoolUpdate,
+)
+from prefect.exceptions import ObjectNotFound
+from prefect.filesystems import LocalFileSystem
+from prefect.settings import get_current_settings
+
+from clients.settings import Settings, get_settings
+
+Environment = Literal["local", "gcp"]
+Action = Literal["created", "updated", "unchanged"]
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+FLOW_NAME = "analysis-run"
+LOCAL_POOL = "stackflows-local"
+CLOUD_POOL = "stackflows-cloud-run"
+DEPLOYMENTS: dict[Environment, list[str]] = {
+    "local": ["local", "nightly-canary"],
+    "gcp": ["cloud-run", "nightly-canary-cloud"],
+}
+GPU_LIMIT = "stackflows-gpu-jobs"
+GPU_LIMIT_SLOTS = 2
+RESULTS_BLOCK = "stackflows-results"
+ANTHROPIC_SECRET_BLOCK = "anthropic-api-key"
+CANARY_DATA_DIR = PROJECT_DIR / ".stackflows" / "demo"  # prefect.yaml's canary reads .stackflows/demo/...
+VERSION_VAR = "STACKFLOWS_DEPLOY_VERSION"  # prefect.yaml's deployments take their version from it
+GCP_DEPLOY_ENV = ("STACKFLOWS_FLOW_IMAGE", "STACKFLOWS_GCP_REGION", "STACKFLOWS_FLOW_SERVICE_ACCOUNT")
+# Settings sections a Cloud Run flow run needs; never the API's (its token) nor injected faults.
+FLOW_RUN_SECTIONS = ("storage", "model", "batch", "agent", "ocr")
+
+
+class SetupError(RuntimeError):
+    """Set-up cannot go on; the message says what is missing and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Change:
+    kind: str
+    name: str
+    action: Action
+
+    def __str__(self) -> str:
+        return f"{self.action:>9}  {self.kind} {self.name}"
+
+
+# --- work pools ---------------------------------------------------------------------------------
+
+
+async def ensure_work_pool(client: PrefectClient, name: str, pool_type: str, template: dict[str, Any]) -> Change:
+    try:
+        pool = await client.read_work_pool(name)
+    except ObjectNotFound:
+        await client.create_work_pool(WorkPoolCreate(name=name, type=pool_type, base_job_template=template))
+        return Change("work pool", name, "created")
+    if pool.type != pool_type:
+        raise SetupError(
+            f"work pool '{name}' exists with type '{pool.type}', not '{pool_type}': delete it "
+            f"(prefect work-pool delete {name}) and run the set-up again"
+        )
+    if pool.base_job_template == template:
+        return Change("work pool", name, "unchanged")
+    await client.update_work_pool(name, WorkPoolUpdate(base_job_template=template))
+    return Change("work pool", name, "updated")
+
+
+def local_pool_template() -> dict[str, Any]:
+    from prefect.workers.process import ProcessWorker
+
+    return ProcessWorker.get_default_base_job_template()
+
+
+def cloud_pool_template(settings: Settings) -> dict[str, Any]:
+    from workers.job_template import stackflows_template
+
+    return stackflows_template(
+        image=os.environ["STACKFLOWS_FLOW_IMAGE"],
+        region=os.environ["STACKFLOWS_GCP_REGION"],
+        service_account=os.environ["STACKFLOWS_FLOW_SERVICE_ACCOUNT"],
+        env=flow_run_env(settings),
+    )
+
+
+def flow_run_env(settings: Settings) -> dict[str, str]:
+    """The settings a Cloud Run flow run needs, as ``STACKFLOWS_*`` variables (only non-defaults)."""
+    env: dict[str, str] = {}
+    for section in FLOW_RUN_SECTIONS:
+        values = getattr(settings, section).model_dump(mode="json", exclude_defaults=True)
+        for field, value in values.items():
+            key = f"STACKFLOWS_{section.upper()}__{field.upper()}"
+            env[key] = value if isinstance(value, str) else json.dumps(value)
+    env["STACKFLOWS_BATCH__BACKEND"] = "cloud"
+    env["STACKFLOWS_BATCH__RESULT_STORAGE"] = f"gcs-bucket/{RESULTS_BLOCK}"
+    env["PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK"] = f"gcs-bucket/{RESULTS_BLOCK}"
+    if os.environ.get("ANTHROPIC_API_KEY"):  # saved as a Secret block by the set-up, read by the agent
+        env["STACKFLOWS_AGENT__API_KEY_SECRET_BLOCK"] = ANTHROPIC_SECRET_BLOCK
+    return env
+
+
+# --- concurrency --------------------------------------------------------------------------------
+
+
+async def ensure_gpu_limit(client: PrefectClient, slots: int = GPU_LIMIT_SLOTS) -> Change:
+    """A global concurrency limit the GPU job tasks take a slot of, so jobs queue instead of piling up."""
+    try:
+        limit = await client.read_global_concurrency_limit_by_name(GPU_LIMIT)
+    except ObjectNotFound:
+        await client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=GPU_LIMIT, limit=slots))
+        return Change("concurrency limit", GPU_LIMIT, "created")
+    if limit.limit == slots and limit.active:
+        return Change("concurrency limit", GPU_LIMIT, "unchanged")
+    await client.update_global_concurrency_limit(GPU_LIMIT, GlobalConcurrencyLimitUpdate(limit=slots, active=True))
+    return Change("concurrency limit", GPU_LIMIT, "updated")
+
+
+# --- blocks -------------------------------------------------------------------------------------
+
+
+def _block_data(block: Block) -> dict[str, Any]:
+    data = block.model_dump(mode="json", context={"include_secrets": True})
+    return {k: v for k, v in data.items() if not k.startswith("_")}  # not the document id and name
+
+
+async def ensure_block(block: Block, name: str) -> Change:
+    kind = f"{block.get_block_type_slug()} block"
+    try:
+        existing = await type(block).aload(name)
+    except ValueError:  # Prefect's "Unable to find block document named ..."
+        await block.save(name)
+        return Change(kind, name, "created")
+    if _block_data(existing) == _block_data(block):
+        return Change(kind, name, "unchanged")
+    await block.save(name, overwrite=True)
+    return Change(kind, name, "updated")
+
+
+def result_storage_block(environment: Environment, settings: Settings) -> Block:
+    if environment == "local":
+        return LocalFileSystem(basepath=str((settings.data_dir / "prefect-results").resolve()))
+    from prefect_gcp import GcpCredentials, GcsBucket
+
+    bucket, _, prefix = settings.storage_root.removeprefix("gs://").partition("/")
+    return GcsBucket(
+        bucket=bucket,
+        bucket_folder="/".join(p for p in (prefix, "prefect-results") if p),
+        gcp_credentials=GcpCredentials(project=settings.storage.project),
+    )
+
+
+# --- deployments --------------------------------------------------------------------------------
+
+
+def deployment_fingerprint(project_dir: Path = PROJECT_DIR) -> str:
+    """Changes whenever a redeploy would register something different."""
+    prefect_yaml = (project_dir / "prefect.yaml").read_text()
+    digest = hashlib.sha256(prefect_yaml.encode())
+    for var in sorted(set(re.findall(r"\{\{\s*\$(\w+)\s*\}\}", prefect_yaml)) - {VERSION_VAR}):
+        digest.update(f"{var}={os.environ.get(var, '')}".encode())
+    digest.update(str(project_dir.resolve()).encode())
+    for path in sorted((project_dir / "flows").glob("*.py")):  # the flow's signature and parameter models
+        digest.update(path.read_bytes())
+    return "setup-" + digest.hexdigest()[:16]
+
+
+async def ensure_deployments(client: PrefectClient, environment: Environment, project_dir: Path) -> list[Change]:
+    names = DEPLOYMENTS[environment]
+    fingerprint = deployment_fingerprint(project_dir)
+    existing: dict[str, Any] = {}
+    for name in names:
+        try:
+            existing[name] = await client.read_deployment_by_name(f"{FLOW_NAME}/{name}")
+        except ObjectNotFound:
+            pass
+    if all(name in existing and existing[name].version == fingerprint for name in names):
+        return [Change("deployment", f"{FLOW_NAME}/{name}", "unchanged") for name in names]
+    run_prefect_deploy(names, fingerprint, project_dir)
+    return [Change("deployment", f"{FLOW_NAME}/{name}", "updated" if name in existing else "created") for name in names]
+
+
+def run_prefect_deploy(names: list[str], version: str, project_dir: Path) -> None:
+    """``prefect deploy`` from ``prefect.yaml``: the same code path as deploying by hand."""
+    command = [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--prefect-file", "prefect.yaml"]
+    for name in names:
+        command += ["--name", f"{FLOW_NAME}/{name}"]
+    env = {**os.environ, "PREFECT_API_URL": get_current_settings().api.url or "", VERSION_VAR: version}
+    done = subprocess.run(command, cwd=project_dir, env=env, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-25:])
+        raise SetupError(f"prefect deploy failed for {names}:\n{tail}")
+
+
+async def activate_schedules(client: PrefectClient, names: list[str]) -> list[Change]:
+    """Cloud deployments ship with schedules off (so `prefect deploy --all` on a laptop schedules no
+    Cloud Run runs); the gcp set-up switches them on."""
+    changes = []
+    for name in names:
+        deployment = await client.read_deployment_by_name(f"{FLOW_NAME}/{name}")
+        for schedule in deployment.schedules:
+            if not schedule.active:
+                await client.update_deployment_schedule(deployment.id, schedule.id, active=True)
+                changes.append(Change("schedule", f"{FLOW_NAME}/{name}", "updated"))
+    return changes
+
+
+# --- the whole set-up ---------------------------------------------------------------------------
+
+
+def check_environment(environment: Environment, settings: Settings) -> None:
+    if not get_current_settings().api.url:
+        raise SetupError("PREFECT_API_URL is not set: point it at the Prefect server to set up")
+    if environment == "gcp":
+        missing = [var for var in GCP_DEPLOY_ENV if not os.environ.get(var)]
+        if missing:
+            raise SetupError(f"the gcp set-up needs {', '.join(missing)} (see docs/deploy.md)")
+        if not settings.storage_root.startswith("gs://"):
+            raise SetupError(
+                "the gcp set-up needs STACKFLOWS_STORAGE__ROOT=gs://bucket/prefix: Cloud Run flow runs "
+                "and their retries must share results and outputs"
+            )
+
+
+async def setup(environment: Environment, settings: Settings | None = None, project_dir: Path = PROJECT_DIR) -> list[Change]:
+    """Bring the Prefect server to the state ``environment`` needs; returns what was done."""
+    settings = settings or get_settings()
+    check_environment(environment, settings)
+    changes: list[Change] = []
+    async with get_client() as client:
+        if environment == "local":
+            changes.append(await ensure_work_pool(client, LOCAL_POOL, "process", local_pool_template()))
+        else:
+            changes.append(await ensure_work_pool(client, CLOUD_POOL, "cloud-run-v2", cloud_pool_template(settings)))
+        changes.append(await ensure_gpu_limit(client))
+        changes.append(await ensure_block(result_storage_block(environment, settings), RESULTS_BLOCK))
+        if os.environ.get("ANTHROPIC_API_KEY"):
+            changes.append(await ensure_block(Secret(value=os.environ["ANTHROPIC_API_KEY"]), ANTHROPIC_SECRET_BLOCK))
+        if environment == "local":
+            from deployments.demo_data import prepare_demo_data
+
+            prepare_demo_data(CANARY_DATA_DIR)
+        changes += await ensure_deployments(client, environment, project_dir)
+        if environment == "gcp":
+            changes += await activate_schedules(client, DEPLOYMENTS["gcp"])
+    return changes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("environment", choices=["local", "gcp"])
+    args = parser.parse_args()
+    try:
+        changes = asyncio.run(setup(args.environment))
+    except SetupError as e:
+        sys.exit(f"set-up failed: {e}")
+    for change in changes:
+        print(change)
+
+
+if __name__ == "__main__":
+    main()
