@@ -119,7 +119,7 @@ def plan_with_claude(
 def interpret_with_claude(
     client: ClaudeClient, plan: RunPlan, summary: PredictionSummary, question: str | None = None
 ) -> Findings:
-    """The model's reading of the summary, with the caveats code knows for certain appended."""
+    """The model's reading of the summary; the caveats code knows for certain go in ``Findings.caveats``."""
     payload = {
         "question": question,
         "plan": plan.model_dump(include={"split_column", "split_values", "prompt_obs_filter", "query_obs_filter"}),
@@ -133,10 +133,10 @@ def interpret_with_claude(
         findings = offline_findings(plan, summary)
         return findings.model_copy(update={"usage": client.usage.model_copy()})
     caveats = summary_caveats(plan, summary)
-    lines = ["## Findings", "", f"_Interpretation written by {client.settings.model} from the prediction summary._", ""]
+    lines = [f"_Interpretation written by {client.settings.model} from the prediction summary._", ""]
     if not summary.model_trained:
         lines += [f"> **Untrained model.** {UNTRAINED_CAVEAT}", ""]
-    lines += [text, "", "### Caveats", ""] + [f"- {c}" for c in caveats]
+    lines.append(text)
     log.info("Findings written (%s)", client.usage.line())
     return Findings(
         markdown="\n".join(lines) + "\n",

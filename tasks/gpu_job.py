@@ -26,7 +26,7 @@ from pydantic import BaseModel
 from clients.batch import BatchJobRequest, BatchRunner, JobNotFoundError, JobState, JobStatus, runner_from_settings
 from clients.settings import get_settings
 from clients.storage.uris import join_uri
-from inference.contract import MANIFEST_FILE, JobManifest
+from inference.contract import MANIFEST_FILE, JobManifest, StackJobSpec
 
 MAX_ATTEMPTS = 99
 
@@ -69,6 +69,15 @@ def job_base_id(run_id: str, content_hash: str) -> str:
 
 def attempt_id(base_id: str, attempt: int) -> str:
     return f"{base_id}-a{attempt}"
+
+
+def spec_for_job(spec: StackJobSpec, job_id: str) -> StackJobSpec:
+    """Attempt 1 writes to the spec's output prefix; a later attempt to a fresh sibling, since a job
+    never writes into a used location (the failed attempt left its progress and stderr there)."""
+    attempt = int(job_id.rsplit("-a", 1)[1])
+    if attempt == 1:
+        return spec
+    return spec.model_copy(update={"output_prefix": f"{spec.output_prefix.rstrip('/')}-attempt{attempt}"})
 
 
 @task(name="choose-gpu-job-id", cache_policy=NO_CACHE)

@@ -38,11 +38,12 @@ def summary_caveats(plan: RunPlan, summary: PredictionSummary) -> list[str]:
 
 
 def offline_findings(plan: RunPlan, summary: PredictionSummary) -> Findings:
-    """Deterministic markdown from the summary, saying plainly that no model wrote it."""
+    """Deterministic markdown from the summary, saying plainly that no model wrote it.
+
+    The markdown has no heading and no caveats section: the report adds both (caveats from the list).
+    """
     caveats = summary_caveats(plan, summary)
     lines = [
-        "## Findings",
-        "",
         "_Written from the prediction summary by code: no language model read these results "
         "(set ANTHROPIC_API_KEY for an interpretation)._",
         "",
@@ -65,7 +66,6 @@ def offline_findings(plan: RunPlan, summary: PredictionSummary) -> Findings:
             f"({ranked[-1].mean_shift:.3f}).",
             "",
         ]
-    lines += ["### Caveats", ""] + [f"- {c}" for c in caveats]
     return Findings(
         markdown="\n".join(lines) + "\n",
         caveats=caveats,

@@ -94,8 +94,8 @@ class RunPlan(PlanProposal):
 class Findings(BaseModel):
     """What the predictions say about the question, in markdown, and what to be careful about."""
 
-    markdown: str
-    caveats: list[str] = Field(default_factory=list)
+    markdown: str = Field(description="The findings' body (no heading, no caveats section): the report adds those.")
+    caveats: list[str] = Field(default_factory=list, description="What to be careful about; code adds the certain ones.")
     written_by: str = Field(description='"model <id>" or "offline summary (no model read the results)".')
     model_trained: bool = Field(description="False: the STACK checkpoint was untrained; the findings mean nothing.")
     usage: AgentUsage | None = None
