@@ -1,7 +1,7 @@
 """The staged data as a planner sees it: the obs tables of the prompt and query h5ad, nothing more.
 
 Planning needs cell metadata (columns, values, counts), never expression values, so the h5ad is
-opened backed and read-only and only ``obs`` (plus the shape) is read. A ``gs://``
+opened read-only and only ``obs`` (plus the gene count) is read. A ``gs://``
 input is fetched once to a temporary directory first.
 """
 
@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import anndata as ad
+import h5py
 import pandas as pd
+from anndata.io import read_elem
 
 if TYPE_CHECKING:
     from tasks.staging import StagedInput
@@ -147,20 +148,23 @@ class PlanData:
 
 
 def read_obs_table(uri: str, local_copy: Path | None = None) -> ObsTable:
-    """Open an h5ad backed and read-only and keep its obs and shape.
+    """Read an h5ad's obs table and gene count, read-only, touching nothing else in the file.
 
+    Only the ``obs`` group is decoded (AnnData's own element reader), so a file with large
+    matrices, embeddings or neighbour graphs costs no more than its metadata.
     ``local_copy`` is a local file with the same bytes as ``uri`` (saves a download).
     """
     with _local_copy(uri, local_copy) as path:
-        adata = ad.read_h5ad(path, backed="r")
         try:
-            return ObsTable(
-                uri=uri,
-                obs=adata.obs.copy(),
-                n_vars=int(adata.n_vars),
-            )
-        finally:
-            adata.file.close()
+            with h5py.File(path, "r") as h5:
+                obs = read_elem(h5["obs"])
+                var = h5["var"]
+                n_vars = int(var[var.attrs["_index"]].shape[0])
+        except (OSError, KeyError) as unreadable:
+            raise ValueError(
+                f"{uri}: not a readable h5ad ({unreadable}); validate and stage the input first"
+            ) from unreadable
+        return ObsTable(uri=uri, obs=obs, n_vars=n_vars)
 
 
 def _validated_copy(given: StagedInput | str) -> Path | None:

@@ -125,3 +125,12 @@ def test_plan_invalid_survives_pickling() -> None:
 
     error = pickle.loads(pickle.dumps(PlanInvalid("Bad plan:", ["split_column names column 'x'"])))
     assert error.problems == ["split_column names column 'x'"] and str(error) == "Bad plan:\n- split_column names column 'x'"
+
+
+def test_unreadable_inputs_are_named(tmp_path: Path) -> None:
+    not_h5ad = tmp_path / "cells.h5ad"
+    not_h5ad.write_text("barcode,cell_type\n")
+    with pytest.raises(ValueError, match=r"cells\.h5ad: not a readable h5ad"):
+        PlanData.from_uris(str(not_h5ad), str(not_h5ad))
+    with pytest.raises(FileNotFoundError, match="missing.h5ad: no such h5ad file"):
+        PlanData.from_uris(str(tmp_path / "missing.h5ad"), str(not_h5ad))
