@@ -27,6 +27,7 @@ from tasks.gpu_job import (
     choose_job_id,
     collect_gpu_job_outputs,
     job_base_id,
+    spec_for_job,
     submit_task_for_settings,
     wait_for_gpu_job,
 )
@@ -77,8 +78,8 @@ def _log(message: str) -> None:
 def stack_inference(spec: StackJobSpec) -> CollectedOutputs:
     """Run STACK on a GPU for ``spec`` and return its verified outputs."""
     run_id = root_flow_run_id(FlowRunContext.get().flow_run)
-    request = BatchJobRequest.for_stack_job(spec, labels=job_labels(run_id, spec))
     job_id = choose_job_id(job_base_id(run_id, spec.content_hash()))
+    request = BatchJobRequest.for_stack_job(spec_for_job(spec, job_id), labels=job_labels(run_id, spec))
     job = submit_task_for_settings()(request, job_id)
     wait_for_gpu_job(job)
     return collect_gpu_job_outputs(job)

@@ -124,6 +124,7 @@ class FakeBatchApi:
         self.delete_requests = 0
         self.injected_errors = 0
         self._fail: list[int] = []
+        self._lose_replies: list[int] = []
         self._lock = threading.Lock()
         self._workdir = Path(tempfile.mkdtemp(prefix="fake-batch-"))
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
@@ -149,6 +150,11 @@ class FakeBatchApi:
         """Answer the next ``count`` requests with HTTP ``status``."""
         with self._lock:
             self._fail.extend([status] * count)
+
+    def lose_next_reply(self, status: int = 503) -> None:
+        """Carry out the next request, then answer it with HTTP ``status`` (a reply lost on the way)."""
+        with self._lock:
+            self._lose_replies.append(status)
 
     def preempt(self, job_id: str) -> None:
         """End the job as a Spot preemption does: the VM goes away and the task fails with 50001."""
@@ -191,6 +197,14 @@ class FakeBatchApi:
             if self._fail:
                 self.injected_errors += 1
                 return _error(self._fail.pop(0), "injected by FakeBatchApi.fail_next")
+            lost = self._lose_replies.pop(0) if self._lose_replies else None
+        reply = self._route(method, path, query, body)
+        if lost is not None:
+            self.injected_errors += 1
+            return _error(lost, "injected by FakeBatchApi.lose_next_reply")
+        return reply
+
+    def _route(self, method: str, path: str, query: dict[str, list[str]], body: dict | None) -> tuple[int, dict]:
         if match := _JOBS.match(path):
             parent = match.group(1)
             if method == "POST":

@@ -99,6 +99,9 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--spec-json", required=True)
     spec = StackJobSpec.model_validate_json(parser.parse_args().spec_json)
+    if store_for(spec.output_prefix).list(spec.output_prefix):  # like the real job: never a used location
+        print(f"output_prefix {spec.output_prefix} already holds objects; pick a new output_prefix", file=sys.stderr)
+        return 2
     behaviour = os.environ.get("STACKFLOWS_TEST_STANDIN", "succeed")
     return {"succeed": succeed, "fail": fail, "hang": hang, "gated": gated}[behaviour](spec)
 

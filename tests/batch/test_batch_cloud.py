@@ -37,6 +37,19 @@ def test_batch_cloud_conflict_means_already_submitted(cloud_settings, fake_batch
     runner.cancel("stack-twice-a1")
 
 
+def test_batch_cloud_create_whose_reply_was_lost_is_not_submitted_twice(cloud_settings, fake_batch, spec, standin) -> None:
+    """Batch created the job but the reply was a 503: the retried create gets 409, which means done."""
+    standin("hang")
+    runner = runner_from_settings(cloud_settings)
+
+    fake_batch.lose_next_reply(503)
+    assert runner.submit(BatchJobRequest.for_stack_job(spec), "stack-lost-a1") == "stack-lost-a1"
+
+    assert fake_batch.create_requests == 2 and len(fake_batch.jobs) == 1
+    assert runner.status("stack-lost-a1").state is JobState.RUNNING
+    runner.cancel("stack-lost-a1")
+
+
 def test_batch_cloud_spot_preemption_is_explained(cloud_settings, fake_batch: FakeBatchApi, spec, standin) -> None:
     standin("hang")
     runner = runner_from_settings(cloud_settings)

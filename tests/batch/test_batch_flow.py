@@ -245,3 +245,24 @@ def test_batch_flow_runs_the_real_stack_job_on_cloud_batch(
     assert outputs.manifest.model_trained is False
     assert outputs.manifest.predictions_shape[1] == 24
     assert set(outputs.outputs) >= {"predictions.h5ad", "summary.json"}
+
+
+def test_batch_flow_retry_after_a_failed_job_runs_a_new_attempt(local_settings, prefect_api, spec, standin) -> None:
+    standin("fail")
+    with get_client(sync_client=True) as client:
+        flow_run = client.create_flow_run(stack_inference, parameters={"spec": spec.model_dump(mode="json")})
+        first = run_flow(stack_inference, flow_run=flow_run, parameters={"spec": spec}, return_type="state")
+        assert first.is_failed()
+
+        standin("succeed")  # say the job failed for a passing reason (a preempted VM)
+        client.set_flow_run_state(flow_run.id, AwaitingRetry(), force=True)
+        second = run_flow(
+            stack_inference, flow_run=client.read_flow_run(flow_run.id), parameters={"spec": spec}, return_type="state"
+        )
+
+    assert second.is_completed(), second
+    first_job, second_job = submitted_jobs(local_settings)
+    assert first_job.endswith("-a1") and second_job.endswith("-a2")
+    outputs = second.result()
+    assert outputs.job_id == second_job
+    assert outputs.output_prefix == spec.output_prefix + "-attempt2"  # the failed attempt's location is left as it was

@@ -91,6 +91,22 @@ def test_batch_unknown_job_and_bad_ids_are_refused(runner, spec: StackJobSpec) -
         runner.submit(BatchJobRequest.for_stack_job(spec, labels={"Run": "x"}), "stack-labels")
 
 
+def test_batch_local_concurrent_submits_of_one_id_start_one_job(local_settings, spec: StackJobSpec, standin) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    standin("hang")
+    runner = runner_from_settings(local_settings)
+    request = BatchJobRequest.for_stack_job(spec)
+
+    with ThreadPoolExecutor(4) as pool:
+        ids = list(pool.map(lambda _: runner.submit(request, "stack-race-a1"), range(4)))
+
+    assert ids == ["stack-race-a1"] * 4
+    assert [p.name for p in runner.jobs_dir.iterdir()] == ["stack-race-a1"]  # no leftovers of the losers
+    assert runner.status("stack-race-a1").state is JobState.RUNNING
+    runner.cancel("stack-race-a1")
+
+
 def test_batch_local_runner_polls_a_job_another_worker_started(local_settings, spec: StackJobSpec, standin) -> None:
     """A restarted worker (a new runner object, nothing in memory) finds and polls the job."""
     standin("succeed")
@@ -99,3 +115,20 @@ def test_batch_local_runner_polls_a_job_another_worker_started(local_settings, s
     fresh = LocalProcessRunner(local_settings.data_dir / "jobs")
 
     assert final_status(fresh, "stack-restart-a1").state is JobState.SUCCEEDED
+
+
+def test_batch_local_job_killed_from_outside_is_reported_failed(local_settings, spec: StackJobSpec, standin, request) -> None:
+    """E.g. the OOM killer: no exit code gets written, and the status says so."""
+    import os
+    import signal
+
+    standin("hang")
+    runner = runner_from_settings(local_settings)
+    runner.submit(BatchJobRequest.for_stack_job(spec), "stack-killed-a1")
+    wait_until(lambda: runner.status("stack-killed-a1").progress)
+
+    os.killpg(job_pid("stack-killed-a1", request), signal.SIGKILL)
+
+    status = final_status(runner, "stack-killed-a1")
+    assert status.state is JobState.FAILED and status.exit_code is None
+    assert "without an exit code" in status.message
