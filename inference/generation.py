@@ -12,10 +12,11 @@ model's own building blocks (``_reduce_and_tokenize``, ``_run_attention_layers``
   the device until the end;
 - memory is two query-sized buffers, whatever the number of steps.
 
-With ``exact=True`` (fp32) every random draw happens in arc-stack's order (numpy permutation of the
-prompt cells, the DataLoader's base seed, the zero-length gene mask ``randperm``, NB samples of all
-window cells in the same batch shapes), so the output equals ``stack.cli.generation.generate()``
-bit for bit. Off fp32 only the query rows are sampled.
+Every random draw happens in arc-stack's order and shapes (numpy permutation of the prompt cells,
+the DataLoader's base seed, the zero-length gene mask ``randperm``, NB samples of all window cells
+per batch), whatever the precision: in fp32 the output equals ``stack.cli.generation.generate()``
+bit for bit, and in bf16/TF32 the samples differ only through the model's numbers (on CUDA each
+element draws from its own Philox stream, so nearby parameters give nearby samples).
 
 Two cases where arc-stack raises are handled instead: a query set smaller than one window's query
 slots (windows are filled by cycling the query cells), and a scheduled unmask quantile outside
@@ -122,14 +123,12 @@ def _forward_batch(
     features: torch.Tensor,
     plan: StepPlan,
     *,
-    exact: bool,
     n_real: np.ndarray,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """One batch of windows: NB samples and generation logits of each window's real query rows."""
     batch, n_cells, n_genes = features.shape
     device = features.device
-    if exact:
-        torch.randperm(n_genes, device=device)  # arc-stack draws a zero-length gene mask per batch
+    torch.randperm(n_genes, device=device)  # arc-stack draws a zero-length gene mask per batch
     gene_attn_mask = torch.zeros(n_cells, n_cells, dtype=torch.bool, device=device)
     gene_attn_mask[: int(PROMPT_RATIO * n_cells), int(PROMPT_RATIO * n_cells) :] = True
     gene_attn_mask = gene_attn_mask.unsqueeze(0).unsqueeze(0)
@@ -158,14 +157,11 @@ def _forward_batch(
     nb_mean, nb_dispersion, _ = model._compute_nb_parameters(cells, lib_size)
     nb_mean = nb_mean.float()
     theta = nb_dispersion[:, :n_context, :].float().median(dim=1, keepdim=True).values
+    # Sample every window cell in arc-stack's shapes so the RNG is consumed identically.
+    flat_theta = theta.expand(-1, n_cells, -1).reshape(-1, n_genes)
+    samples = _sample_nb(nb_mean.reshape(-1, n_genes), flat_theta).reshape(batch, n_cells, n_genes)
     start = plan.n_base
-    if exact:  # sample every window cell, in arc-stack's shapes, to consume the RNG identically
-        flat_theta = theta.expand(-1, n_cells, -1).reshape(-1, n_genes)
-        samples = _sample_nb(nb_mean.reshape(-1, n_genes), flat_theta).reshape(batch, n_cells, n_genes)
-        samples = samples[:, start : start + plan.n_test]
-    else:
-        query_mean = nb_mean[:, start : start + plan.n_test]
-        samples = _sample_nb(query_mean, theta.expand_as(query_mean))
+    samples = samples[:, start : start + plan.n_test]
     rows = [samples[w, : n_real[w]] for w in range(batch)]
     logit_rows = [logits[w, start : start + n_real[w]] for w in range(batch)]
     return rows, logit_rows
@@ -207,7 +203,6 @@ def generate_split(
     ``gene_input_mask`` zeroes model-input columns arc-stack cannot match (see stack_job).
     ``on_chunk(step, query_cells_done_in_step)`` is called as chunks finish.
     """
-    exact = precision == "fp32"
     n_cells = int(model.n_cells)
     n_query = query.shape[0]
     state = query.clone()
@@ -231,7 +226,7 @@ def generate_split(
             if gene_input_mask is not None:
                 features = features * gene_input_mask
             with precision_mod.autocast(precision, query.device):
-                rows, logit_rows = _forward_batch(model, features, plan, exact=exact, n_real=n_real[sl])
+                rows, logit_rows = _forward_batch(model, features, plan, n_real=n_real[sl])
             for w, (r, lg) in enumerate(zip(rows, logit_rows)):
                 offset = (first + w) * plan.n_test
                 fresh[offset : offset + r.shape[0]] = r

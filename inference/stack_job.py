@@ -55,7 +55,7 @@ from inference.embedding import chunk_cells, embed_cells
 from inference.generation import chunks_in_step, generate_split, plan_steps
 from inference.make_checkpoint import read_gene_list
 from inference.progress import ProgressWriter
-from inference.summary import summarize_generation
+from inference.summary import mean_log_cpm, summarize_generation
 
 log = logging.getLogger("inference.stack_job")
 
@@ -206,7 +206,8 @@ class StackJob:
         upper = np.array([g == g.upper() for g in genes])
         gene_input_mask = None if upper.all() else torch.from_numpy(upper.astype(np.float32)).to(device)
         query_dev = torch.from_numpy(query.counts).to(device)
-        results: dict[str, np.ndarray] = {}
+        results: dict[str, sp.csr_matrix] = {}
+        predicted_means: dict[str, np.ndarray] = {}
         logits: dict[str, np.ndarray] = {}
         chunks_done = 0
         for k, (value, prompt) in enumerate(prompts.items()):
@@ -227,17 +228,21 @@ class StackJob:
                 chunk_size=spec.chunk_size, precision=spec.precision,
                 gene_input_mask=gene_input_mask, on_chunk=on_chunk,
             )
-            results[value] = counts.cpu().numpy()
+            predicted_means[value] = mean_log_cpm(counts)
+            results[value] = to_scipy_csr(counts)
             logits[value] = logit
+            del counts
             log.info("context %r done (%d/%d)", value, k + 1, len(prompts))
-        summary = summarize_generation(results, query.counts, genes, query.genes_present, model_trained=trained)
+        summary = summarize_generation(
+            predicted_means, query_dev, genes, query.genes_present, model_trained=trained
+        )
         parts = []
         for value, counts in results.items():
             obs = query_adata.obs.copy()
             obs["query_cell"] = obs.index.astype(str)
             obs["split_value"] = value
             obs["gen_logit"] = logits[value]
-            parts.append(ad.AnnData(X=sp.csr_matrix(counts), obs=obs, var=pd.DataFrame(index=genes)))
+            parts.append(ad.AnnData(X=counts, obs=obs, var=pd.DataFrame(index=genes)))
         predictions = ad.concat(parts, axis=0, keys=list(results), index_unique="-", merge="first")
         predictions.obs["split_value"] = pd.Categorical(predictions.obs["split_value"], categories=list(results))
         predictions.uns["stack_job"] = {"mode": "generate", "model_trained": trained, "seed": spec.seed,
@@ -274,6 +279,15 @@ class StackJob:
             ).sha256,
         }
         return written
+
+
+def to_scipy_csr(dense: torch.Tensor) -> sp.csr_matrix:
+    """Sparse on the tensor's device, then only the non-zeros cross to the host."""
+    csr = dense.to_sparse_csr()
+    return sp.csr_matrix(
+        (csr.values().cpu().numpy(), csr.col_indices().cpu().numpy(), csr.crow_indices().cpu().numpy()),
+        shape=tuple(dense.shape),
+    )
 
 
 def _device_name(device: torch.device) -> str:

@@ -8,52 +8,57 @@ ranked: a model gene missing from the input is zero there and would always look 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from inference.contract import PredictionSummary, SplitSummary
 
 TOP_GENES = 10
 
 
-def mean_log_cpm(counts: np.ndarray) -> np.ndarray:
-    """Per-gene mean of log1p(counts per million), cells in rows."""
-    counts = np.asarray(counts, dtype=np.float64)
-    lib = counts.sum(axis=1, keepdims=True)
-    lib[lib == 0] = 1.0
-    return np.log1p(counts / lib * 1e6).mean(axis=0)
+def mean_log_cpm(counts: torch.Tensor) -> np.ndarray:
+    """Per-gene mean of log1p(counts per million), cells in rows; computed where the tensor lives."""
+    counts = counts.double()
+    lib = counts.sum(dim=1, keepdim=True).clamp(min=1.0)
+    return torch.log1p(counts / lib * 1e6).mean(dim=0).cpu().numpy()
 
 
 def split_summary(
     split_value: str,
-    predicted: np.ndarray,
+    cells: int,
+    predicted_mean: np.ndarray,
     query_mean: np.ndarray,
     genes: list[str],
     genes_present: np.ndarray,
 ) -> SplitSummary:
-    diff = mean_log_cpm(predicted) - query_mean
+    diff = predicted_mean - query_mean
     ranked = np.nonzero(genes_present)[0]
     order = ranked[np.argsort(diff[ranked])]
     return SplitSummary(
         split_value=split_value,
-        cells=int(predicted.shape[0]),
+        cells=int(cells),
         mean_shift=float(np.abs(diff[ranked]).mean()),
-        top_up=[(genes[i], round(float(diff[i]), 4)) for i in order[::-1][:TOP_GENES]],
-        top_down=[(genes[i], round(float(diff[i]), 4)) for i in order[:TOP_GENES]],
+        top_up=[(genes[i], round(float(diff[i]), 4)) for i in order[::-1][:TOP_GENES] if diff[i] > 0],
+        top_down=[(genes[i], round(float(diff[i]), 4)) for i in order[:TOP_GENES] if diff[i] < 0],
     )
 
 
 def summarize_generation(
-    splits: dict[str, np.ndarray],
-    query_counts: np.ndarray,
+    predicted_means: dict[str, np.ndarray],
+    query_counts: torch.Tensor,
     genes: list[str],
     genes_present: np.ndarray,
     *,
     model_trained: bool,
 ) -> PredictionSummary:
+    """``predicted_means``: per context, :func:`mean_log_cpm` of its predictions (one row per query cell)."""
     query_mean = mean_log_cpm(query_counts)
+    n_query = int(query_counts.shape[0])
     return PredictionSummary(
         mode="generate",
         model_trained=model_trained,
-        query_cells=int(query_counts.shape[0]),
+        query_cells=n_query,
         genes=len(genes),
-        splits=[split_summary(v, pred, query_mean, genes, genes_present) for v, pred in splits.items()],
+        splits=[
+            split_summary(v, n_query, mean, query_mean, genes, genes_present) for v, mean in predicted_means.items()
+        ],
     )
