@@ -155,8 +155,6 @@ class LocalProcessRunner(BatchRunner):
         if exit_file.exists():
             status.exit_code = int(exit_file.read_text())
             status.state = JobState.SUCCEEDED if status.exit_code == 0 else JobState.FAILED
-            if status.exit_code:
-                status.message = f"the job command exited with code {status.exit_code}"
         elif (job_dir / "cancelled").exists():
             status.state = JobState.CANCELLING if alive else JobState.CANCELLED
             status.message = "cancelled"
