@@ -75,6 +75,9 @@ class DatasetFacts(BaseModel):
 
     path: str
     size_bytes: int
+    sha256: str | None = Field(
+        default=None, description="Content hash of the validated bytes (set by the validate-input task)."
+    )
     n_obs: int
     n_vars: int = Field(description="Genes in the matrix STACK reads (raw.X's genes when counts are there).")
     counts_location: CountsLocation | None = Field(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -62,13 +63,30 @@ def local_input(source: str) -> Path:
     return fetch_to_cache(source, _cache_dir("downloads"))
 
 
-@task(
-    name="validate-input",
-    retries=3,
-    retry_delay_seconds=[2, 10, 30],
-    retry_condition_fn=retry_only_transient,
-    cache_policy=NO_CACHE,
-)
+def validate_with_digest(path: Path, digest_cache_dir: Path | None, **checks) -> DatasetFacts:
+    """``validate_h5ad`` plus the file's sha256, computed on a second thread beside the matrix scan.
+
+    Staging needs the hash; the scan reads the file anyway, so hashing alongside takes the hash off
+    staging's critical path, and ties the facts to the exact bytes that were checked.
+    """
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="digest")
+    try:
+        digest = pool.submit(digest_file_cached, path, digest_cache_dir)
+        facts = validate_h5ad(path, **checks)
+        return facts.model_copy(update={"sha256": digest.result().sha256})
+    finally:
+        pool.shutdown(wait=False)  # a rejected file is reported at once, not after its hash
+
+
+# Both tasks touch storage (gene list, remote inputs, uploads): retry its hiccups, nothing else.
+RETRY_TRANSIENT_STORAGE = {
+    "retries": 3,
+    "retry_delay_seconds": [2, 10, 30],
+    "retry_condition_fn": retry_only_transient,
+}
+
+
+@task(name="validate-input", cache_policy=NO_CACHE, **RETRY_TRANSIENT_STORAGE)
 def validate_input(
     source: str,
     gene_list_uri: str | None = None,
@@ -83,8 +101,9 @@ def validate_input(
     gene_list_uri = gene_list_uri or settings.model.gene_list_uri
     model_genes = read_gene_list(local_input(gene_list_uri)) if gene_list_uri else None
     threshold = settings.model.min_gene_overlap if min_gene_overlap is None else min_gene_overlap
-    facts = validate_h5ad(
+    facts = validate_with_digest(
         local_input(source),
+        _cache_dir("digests"),
         model_genes=model_genes,
         min_gene_overlap=threshold,
         counts_required=counts_required,
@@ -122,22 +141,20 @@ def _staged_name(source: str) -> str:
     return Path(source.rstrip("/")).name
 
 
-@task(
-    name="stage-input",
-    retries=3,
-    retry_delay_seconds=[2, 10, 30],
-    retry_condition_fn=retry_only_transient,
-    cache_key_fn=_staging_cache_key,
-    persist_result=True,
-)
+@task(name="stage-input", cache_key_fn=_staging_cache_key, persist_result=True, **RETRY_TRANSIENT_STORAGE)
 def stage_input(source: str, facts: DatasetFacts, root: str | None = None) -> StagedInput:
     """Put a validated input at ``<root>/inputs/<sha256>/<name>``; uploads nothing if it is there."""
     logger = get_run_logger()
     root = root or get_settings().storage_root
     path = local_input(source)
-    stored = put_content_addressed(
-        path, root, filename=_staged_name(source), digest_cache_dir=_cache_dir("digests")
-    )
+    digest = digest_file_cached(path, _cache_dir("digests"))
+    if facts.sha256 and digest.sha256 != facts.sha256:
+        raise InputValidationError(
+            source,
+            f"the file changed after it was validated (sha256 {facts.sha256[:12]}… then, {digest.sha256[:12]}… now)",
+            "validate and stage it again, and do not edit inputs while a run uses them",
+        )
+    stored = put_content_addressed(path, root, filename=_staged_name(source), digest=digest)
     if stored.uploaded:
         logger.info("Staged %s -> %s (%.1f MB uploaded)", source, stored.uri, stored.size / 1e6)
     else:

@@ -49,7 +49,7 @@ def test_storage_staging_pbmc68k_to_gcs(prefect_api, gcs: GcsEmulator, demo: Dem
     assert staged.uri == f"gs://stackflows-test/root/inputs/{sha}/pbmc68k_counts.h5ad"
     assert staged.uploaded and staged.sha256 == sha and staged.size_bytes == demo.h5ad.stat().st_size
     assert staged.shape == (700, 765) and staged.gene_overlap == 1.0
-    assert staged.facts.counts_location == "X"
+    assert staged.facts.counts_location == "X" and staged.facts.sha256 == sha  # facts name the bytes checked
     assert staged.facts.obs_column("bulk_labels").value_counts["Dendritic"] == 240
     back = store_for(staged.uri).get_file(staged.uri, tmp_path / "back.h5ad")
     assert digest_file(back).sha256 == sha
@@ -99,3 +99,21 @@ def test_storage_staging_transient_storage_errors_are_retried(
     assert staged.uploaded and gcs.proxy.faults[0].times == 0
     assert run_count(task_run_id) == 2
     assert os.path.basename(staged.uri) == "pbmc68k_counts.h5ad"
+
+
+def test_storage_staging_refuses_a_file_changed_after_validation(prefect_api, settings: Settings, demo: DemoData, tmp_path: Path) -> None:
+    source = tmp_path / "cells.h5ad"
+    source.write_bytes(demo.h5ad.read_bytes())
+
+    @flow
+    def validate_edit_stage(path: str) -> BaseException | None:
+        facts = validate_input(path)
+        with open(path, "ab") as fh:  # someone edits the file between the two steps
+            fh.write(b"\0")
+        state = stage_input(path, facts, return_state=True)
+        return state.result(raise_on_failure=False) if state.is_failed() else None
+
+    error = validate_edit_stage(str(source))
+
+    assert isinstance(error, InputValidationError) and "changed after it was validated" in error.problem
+    assert not (Path(settings.storage_root.removeprefix("file://")) / "inputs").exists()
