@@ -149,9 +149,15 @@ async def ensure_gpu_limit(client: PrefectClient, slots: int = GPU_LIMIT_SLOTS) 
 # --- blocks -------------------------------------------------------------------------------------
 
 
-def _block_data(block: Block) -> dict[str, Any]:
-    data = block.model_dump(mode="json", context={"include_secrets": True})
-    return {k: v for k, v in data.items() if not k.startswith("_")}  # not the document id and name
+def _block_data(block: Block) -> Any:
+    return _public(block.model_dump(mode="json", context={"include_secrets": True}))
+
+
+def _public(data: Any) -> Any:
+    """Without the ``_block_document_*`` keys, which differ between a saved block and a new one."""
+    if isinstance(data, dict):
+        return {k: _public(v) for k, v in data.items() if not k.startswith("_")}
+    return data
 
 
 async def ensure_block(block: Block, name: str) -> Change:

@@ -32,26 +32,8 @@ def cloud_job_variables(name: str = "cloud-run") -> dict:
 
 
 @pytest.fixture(scope="module")
-def credentials() -> dict:
-    """Service-account credentials made here (a fresh RSA key, a loopback token_uri): prefect-gcp's
-    GcpCredentials would otherwise look for application-default credentials and probe the metadata server."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-    info = {
-        "type": "service_account",
-        "project_id": "lab",
-        "private_key_id": "test",
-        "private_key": pem,
-        "client_email": SA,
-        "client_id": "1",
-        "token_uri": "http://127.0.0.1:9/token",
-    }
-    return {"service_account_info": info, "project": "lab"}
+def credentials(service_account_info: dict) -> dict:
+    return {"service_account_info": service_account_info, "project": "lab"}
 
 
 def server_validates(template: dict, job_variables: dict) -> None:

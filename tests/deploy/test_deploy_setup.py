@@ -1,0 +1,125 @@
+"""deployments.setup's pieces against the session's real Prefect server: each is created once and
+then left alone; the gcp set-up refuses to start without what Cloud Run needs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+from prefect import get_client
+from prefect.blocks.system import Secret
+from prefect.filesystems import LocalFileSystem
+
+from api.settings import ApiSettings
+from clients.batch.settings import BatchSettings
+from clients.settings import Settings
+from clients.storage.settings import StorageSettings
+from deployments import setup as deploy_setup
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def _twice(make) -> tuple[str, str]:
+    async with get_client() as client:
+        first = await make(client)
+        second = await make(client)
+    return first.action, second.action
+
+
+def test_work_pools_are_created_once_and_follow_the_template(prefect_api: None) -> None:
+    template = deploy_setup.local_pool_template()
+    first, second = run(_twice(lambda c: deploy_setup.ensure_work_pool(c, "setup-test-local", "process", template)))
+    assert (first, second) == ("created", "unchanged")
+
+    changed = json.loads(json.dumps(template))
+    changed["variables"]["properties"]["working_dir"]["default"] = "/srv/stackflows"
+
+    async def update(client):
+        return await deploy_setup.ensure_work_pool(client, "setup-test-local", "process", changed)
+
+    assert run(_twice(update)) == ("updated", "unchanged")
+
+
+def test_a_pool_of_another_type_is_not_overwritten(prefect_api: None) -> None:
+    run(_twice(lambda c: deploy_setup.ensure_work_pool(c, "setup-test-typed", "process", {})))
+    with pytest.raises(deploy_setup.SetupError, match="prefect work-pool delete setup-test-typed"):
+        run(_twice(lambda c: deploy_setup.ensure_work_pool(c, "setup-test-typed", "cloud-run-v2", {})))
+
+
+def test_the_gpu_concurrency_limit_is_created_once(prefect_api: None) -> None:
+    first, second = run(_twice(deploy_setup.ensure_gpu_limit))
+    assert first in ("created", "unchanged") and second == "unchanged"
+
+
+def test_blocks_are_saved_once_and_updated_when_they_differ(prefect_api: None, tmp_path: Path) -> None:
+    results = LocalFileSystem(basepath=str(tmp_path / "results"))
+    assert run(deploy_setup.ensure_block(results, "setup-test-results")).action == "created"
+    assert run(deploy_setup.ensure_block(results, "setup-test-results")).action == "unchanged"
+    moved = LocalFileSystem(basepath=str(tmp_path / "elsewhere"))
+    assert run(deploy_setup.ensure_block(moved, "setup-test-results")).action == "updated"
+
+    assert run(deploy_setup.ensure_block(Secret(value="sk-one"), "setup-test-key")).action == "created"
+    assert run(deploy_setup.ensure_block(Secret(value="sk-one"), "setup-test-key")).action == "unchanged"
+    assert run(deploy_setup.ensure_block(Secret(value="sk-two"), "setup-test-key")).action == "updated"
+
+
+def test_cloud_run_env_carries_run_settings_but_never_the_api_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    settings = Settings(
+        storage=StorageSettings(root="gs://lab-bucket/stackflows", project="lab"),
+        batch=BatchSettings(project="lab"),
+        api=ApiSettings(token="api-secret"),
+    )
+    env = deploy_setup.flow_run_env(settings)
+    assert env["STACKFLOWS_STORAGE__ROOT"] == "gs://lab-bucket/stackflows"
+    assert env["STACKFLOWS_BATCH__PROJECT"] == "lab"
+    assert env["STACKFLOWS_BATCH__BACKEND"] == "cloud"
+    assert env["STACKFLOWS_BATCH__RESULT_STORAGE"] == "gcs-bucket/stackflows-results"
+    assert not any(k.startswith(("STACKFLOWS_API", "STACKFLOWS_FAULTS")) for k in env)
+    assert "api-secret" not in json.dumps(env)
+
+
+def test_gcp_setup_names_what_is_missing(prefect_api: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for var in deploy_setup.GCP_DEPLOY_ENV:
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(deploy_setup.SetupError, match="STACKFLOWS_FLOW_IMAGE"):
+        run(deploy_setup.setup("gcp", Settings(data_dir=tmp_path)))
+    for var in deploy_setup.GCP_DEPLOY_ENV:
+        monkeypatch.setenv(var, "x")
+    with pytest.raises(deploy_setup.SetupError, match="STACKFLOWS_STORAGE__ROOT=gs://"):
+        run(deploy_setup.setup("gcp", Settings(data_dir=tmp_path)))
+
+
+def test_the_fingerprint_follows_prefect_yaml_and_deploy_time_variables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "flows").mkdir()
+    (tmp_path / "flows" / "analysis_run.py").write_text("# flow\n")
+    (tmp_path / "prefect.yaml").write_text("image: '{{ $STACKFLOWS_FLOW_IMAGE }}'\nversion: '{{ $STACKFLOWS_DEPLOY_VERSION }}'\n")
+    monkeypatch.setenv("STACKFLOWS_FLOW_IMAGE", "img:1")
+    first = deploy_setup.deployment_fingerprint(tmp_path)
+    monkeypatch.setenv("STACKFLOWS_DEPLOY_VERSION", "anything")  # its own output does not feed back
+    assert deploy_setup.deployment_fingerprint(tmp_path) == first
+    monkeypatch.setenv("STACKFLOWS_FLOW_IMAGE", "img:2")
+    assert deploy_setup.deployment_fingerprint(tmp_path) != first
+    monkeypatch.setenv("STACKFLOWS_FLOW_IMAGE", "img:1")
+    (tmp_path / "flows" / "analysis_run.py").write_text("# flow, new signature\n")
+    assert deploy_setup.deployment_fingerprint(tmp_path) != first
+
+
+def test_the_gcs_result_storage_block_is_saved_once(
+    prefect_api: None, service_account_info: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key_file = tmp_path / "sa.json"
+    key_file.write_text(json.dumps(service_account_info))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key_file))  # read from disk, no metadata server
+    settings = Settings(storage=StorageSettings(root="gs://lab-bucket/stackflows", project="lab"))
+    block = deploy_setup.result_storage_block("gcp", settings)
+    assert (block.bucket, block.bucket_folder) == ("lab-bucket", "stackflows/prefect-results/")
+    assert run(deploy_setup.ensure_block(block, "setup-test-gcs")).action == "created"
+    again = deploy_setup.result_storage_block("gcp", settings)
+    assert run(deploy_setup.ensure_block(again, "setup-test-gcs")).action == "unchanged"
