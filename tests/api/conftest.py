@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -19,15 +18,10 @@ from api.app import create_app
 from api.settings import ApiSettings
 from clients.settings import Settings
 from flows.models import AnalysisRequest
+from tests.e2e.processes import free_port
 
 TOKEN = "test-token-5c1e"
 DEPLOYMENT = "analysis-run/api-test"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
