@@ -21,6 +21,7 @@ import resource
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -283,7 +284,9 @@ class StackJob:
 
 def to_scipy_csr(dense: torch.Tensor) -> sp.csr_matrix:
     """Sparse on the tensor's device, then only the non-zeros cross to the host."""
-    csr = dense.to_sparse_csr()
+    with warnings.catch_warnings():  # torch flags sparse CSR as beta; converting to it is stable
+        warnings.simplefilter("ignore", UserWarning)
+        csr = dense.to_sparse_csr()
     return sp.csr_matrix(
         (csr.values().cpu().numpy(), csr.col_indices().cpu().numpy(), csr.crow_indices().cpu().numpy()),
         shape=tuple(dense.shape),
