@@ -79,7 +79,8 @@ def fetch_to_cache(uri: str, cache_dir: Path) -> Path:
         return local
     from clients.storage.gcs import GcsStore
 
-    assert isinstance(store, GcsStore), f"{uri}: no download cache for this store"
+    if not isinstance(store, GcsStore):
+        raise ValueError(f"{uri}: no download cache for {type(store).__name__}")
     version = store.generation(uri)
     name = uri.rstrip("/").rsplit("/", 1)[-1]
     target = Path(cache_dir) / hashlib.sha256(f"{uri}#{version}".encode()).hexdigest()[:32] / name

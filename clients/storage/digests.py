@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -74,7 +75,7 @@ def digest_file_cached(path: Path, cache_dir: Path | None) -> FileDigest:
     digest = digest_file(path)
     if _stat_key(path) == entry.stem:  # unchanged while we read it
         entry.parent.mkdir(parents=True, exist_ok=True)
-        tmp = entry.with_suffix(f".{os.getpid()}.tmp")
+        tmp = entry.with_suffix(f".{uuid.uuid4().hex}.tmp")  # unique per writer, then an atomic rename
         tmp.write_text(digest.model_dump_json())
         os.replace(tmp, entry)
     return digest

@@ -117,3 +117,18 @@ def test_storage_staging_refuses_a_file_changed_after_validation(prefect_api, se
 
     assert isinstance(error, InputValidationError) and "changed after it was validated" in error.problem
     assert not (Path(settings.storage_root.removeprefix("file://")) / "inputs").exists()
+
+
+def test_storage_staging_input_given_as_gs_uri(prefect_api, gcs: GcsEmulator, demo: DemoData) -> None:
+    """A user's input already in a bucket: downloaded once to validate, then staged by content."""
+    source = "gs://stackflows-test/uploads/pbmc68k_counts.h5ad"
+    store_for(source).put_file(demo.h5ad, source)
+    sha = digest_file(demo.h5ad).sha256
+
+    staged = stage_flow(source, str(demo.gene_list), {"phase": ["G1"]})
+
+    assert staged.source == source
+    assert staged.uri == f"gs://stackflows-test/root/inputs/{sha}/pbmc68k_counts.h5ad"
+    assert staged.facts.sha256 == sha and staged.facts.obs_column("phase").value_counts["G1"] == 501
+    media_gets = [r for r in gcs.proxy.requests if r.query.get("alt") == ["media"]]
+    assert len(media_gets) == 1  # validate-input and stage-input share one download
