@@ -48,7 +48,11 @@ def digest_file(path: Path) -> FileDigest:
 
 
 def crc32c_of_file(path: Path) -> str:
-    return digest_file(path).crc32c
+    crc = google_crc32c.Checksum()
+    with open(path, "rb") as fh:
+        while block := fh.read(_BLOCK):
+            crc.update(block)
+    return base64.b64encode(crc.digest()).decode()
 
 
 def _stat_key(path: Path) -> str:

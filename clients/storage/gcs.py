@@ -114,9 +114,8 @@ class GcsStore(ObjectStore):
         try:
             with self._errors(uri):
                 # Pin the generation we looked at, so a concurrent change cannot mix two versions.
-                blob.download_to_filename(
-                    str(tmp), if_generation_match=blob.generation, checksum="crc32c", retry=self.retry
-                )
+                # checksum=None: the crc32c is checked once, below, against the object's own
+                blob.download_to_filename(str(tmp), if_generation_match=blob.generation, checksum=None, retry=self.retry)
             got = crc32c_of_file(tmp)
             if got != blob.crc32c:
                 raise ChecksumMismatchError(
@@ -130,7 +129,7 @@ class GcsStore(ObjectStore):
     def get_bytes(self, uri: str) -> bytes:
         blob = self._metadata(uri)
         with self._errors(uri):
-            data = blob.download_as_bytes(if_generation_match=blob.generation, checksum="crc32c", retry=self.retry)
+            data = blob.download_as_bytes(if_generation_match=blob.generation, checksum=None, retry=self.retry)
         if crc32c_b64(data) != blob.crc32c:
             raise ChecksumMismatchError(f"{uri}: downloaded bytes do not match the object's crc32c; read again")
         return data
