@@ -131,3 +131,15 @@ def test_storage_gcs_list_is_sorted_and_scoped(gcs: GcsEmulator) -> None:
         store.put_bytes(b"x", f"{ROOT}/{key}")
 
     assert store.list(f"{ROOT}/r/") == [f"{ROOT}/r/1", f"{ROOT}/r/2", f"{ROOT}/r/sub/3"]
+
+
+def test_storage_gcs_proxy_only_refuses_what_the_client_asks_for(gcs: GcsEmulator) -> None:
+    """Control: a write without a precondition overwrites, so the refusals above come from our code's request."""
+    from google.cloud import storage
+
+    blob = storage.Client().bucket("stackflows-test").blob("root/control.txt")
+    blob.upload_from_string(b"first")
+    blob.upload_from_string(b"second")
+
+    assert blob.download_as_bytes() == b"second"
+    assert all("ifGenerationMatch" not in r.query for r in gcs.proxy.upload_starts())
