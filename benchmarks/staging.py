@@ -48,8 +48,10 @@ def _write_counts_h5ad(path: Path, size_mb: int) -> None:
 
     n_obs = size_mb * 1_000_000 // (4 * N_VARS)
     x = np.random.default_rng(0).poisson(1.0, size=(n_obs, N_VARS)).astype(np.float32)
-    obs = pd.DataFrame({"cell_type": pd.Categorical(np.array(["B", "T", "NK", "Mono"])[np.arange(n_obs) % 4])},
-                       index=[f"c{i}" for i in range(n_obs)])
+    obs = pd.DataFrame(
+        {"cell_type": pd.Categorical(np.array(["B", "T", "NK", "Mono"])[np.arange(n_obs) % 4])},
+        index=[f"c{i}" for i in range(n_obs)],
+    )
     ad.AnnData(X=x, obs=obs, var=pd.DataFrame(index=[f"G{i}" for i in range(N_VARS)])).write_h5ad(path)
 
 
@@ -91,8 +93,9 @@ def main() -> None:
         server.wipe()
         return client.create_bucket("bench")
 
-    t: dict[str, list[float]] = {k: [] for k in
-                                 ("plain", "validate", "stage", "warm", "cold", "validate+hash", "stage_hashed")}
+    t: dict[str, list[float]] = {
+        k: [] for k in ("plain", "validate", "stage", "warm", "cold", "validate+hash", "stage_hashed")
+    }
     try:
         for i in range(args.repeats):
             order = ("plain", "stage", "flow") if i % 2 == 0 else ("flow", "stage", "plain")
@@ -110,7 +113,9 @@ def main() -> None:
                 else:
                     cache = work / f"digests-flow-{i}"
                     t["validate+hash"].append(_timed(lambda: validate_with_digest(source, cache)))
-                    t["stage_hashed"].append(_timed(lambda: put_content_addressed(source, root, digest_cache_dir=cache)))
+                    t["stage_hashed"].append(
+                        _timed(lambda: put_content_addressed(source, root, digest_cache_dir=cache))
+                    )
     finally:
         server.stop()
 
@@ -120,24 +125,38 @@ def main() -> None:
     def line(label: str, key: str, note: str = "") -> None:
         print(f"  {label:<44} {med[key]:6.2f} s ({best[key]:.2f})  {mb / med[key]:6.1f} MB/s  {note}")
 
-    print(f"{mb:.0f} MB h5ad (dense float32 counts); gcp-storage-emulator in-process on 127.0.0.1; "
-          f"{CHUNK_MB} MiB chunks for both uploads; {args.repeats} alternating runs; median (best)")
+    print(
+        f"{mb:.0f} MB h5ad (dense float32 counts); gcp-storage-emulator in-process on 127.0.0.1; "
+        f"{CHUNK_MB} MiB chunks for both uploads; {args.repeats} alternating runs; median (best)"
+    )
     line("plain blob.upload_from_filename", "plain")
-    line("staging from scratch (hash + upload)", "stage", "sha256+crc32c pass, exists check, create-only upload, crc32c compare")
-    print(f"staging-from-scratch/plain throughput ratio: {med['plain'] / med['stage']:.2f} "
-          f"(best vs best {best['plain'] / best['stage']:.2f})   target >= 0.9")
-    print(f"re-stage identical file, same machine (digest cache): {med['warm'] * 1000:6.1f} ms = "
-          f"{med['warm'] / med['stage']:.4f} of the first   target <= 0.02")
-    print(f"re-stage identical file, new machine (hashes again):  {med['cold'] * 1000:6.1f} ms = "
-          f"{med['cold'] / med['stage']:.4f} of the first   (uploads nothing either way)")
+    line(
+        "staging from scratch (hash + upload)",
+        "stage",
+        "sha256+crc32c pass, exists check, create-only upload, crc32c compare",
+    )
+    print(
+        f"staging-from-scratch/plain throughput ratio: {med['plain'] / med['stage']:.2f} "
+        f"(best vs best {best['plain'] / best['stage']:.2f})   target >= 0.9"
+    )
+    print(
+        f"re-stage identical file, same machine (digest cache): {med['warm'] * 1000:6.1f} ms = "
+        f"{med['warm'] / med['stage']:.4f} of the first   target <= 0.02"
+    )
+    print(
+        f"re-stage identical file, new machine (hashes again):  {med['cold'] * 1000:6.1f} ms = "
+        f"{med['cold'] / med['stage']:.4f} of the first   (uploads nothing either way)"
+    )
     print("in the flow, validation first (stackflows validates every input before it stages it):")
     line("validate_h5ad", "validate")
     line("validate-input (validation + hash beside it)", "validate+hash")
     line("stage-input (hash from validate-input)", "stage_hashed", "exists check, create-only upload, crc32c compare")
     base, ours = med["validate"] + med["plain"], med["validate+hash"] + med["stage_hashed"]
     base_b, ours_b = best["validate"] + best["plain"], best["validate+hash"] + best["stage_hashed"]
-    print(f"(validate + plain upload) / (validate-input + stage-input) throughput ratio: {base / ours:.2f} "
-          f"(best vs best {base_b / ours_b:.2f})   target >= 0.9")
+    print(
+        f"(validate + plain upload) / (validate-input + stage-input) throughput ratio: {base / ours:.2f} "
+        f"(best vs best {base_b / ours_b:.2f})   target >= 0.9"
+    )
     print(f"machine load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 
 

@@ -24,7 +24,9 @@ def main() -> None:
     demo = prepare_demo_data(settings.data_dir / "demo")
     facts = validate_input(str(demo.h5ad), gene_list_uri=str(demo.gene_list), required_obs={"bulk_labels": None})
     staged = stage_input(str(demo.h5ad), facts)
-    print(f"Demo input: {demo.h5ad} ({staged.shape[0]} cells x {staged.shape[1]} genes, gene overlap {staged.gene_overlap:.0%})")
+    print(
+        f"Demo input: {demo.h5ad} ({staged.shape[0]} cells x {staged.shape[1]} genes, gene overlap {staged.gene_overlap:.0%})"
+    )
     print(f"Staged to:  {staged.uri}")
 
 

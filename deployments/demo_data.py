@@ -56,7 +56,9 @@ def reconstruct_counts(adata: ad.AnnData) -> sp.csr_matrix:
             f"counts reconstruction is off by up to {deviation.max():.3f}: this scanpy's pbmc68k_reduced "
             "is not log1p(normalize_total(target_sum=1e4)) of the counts"
         )
-    counts = sp.csr_matrix((np.round(scaled.data).astype(np.float32), scaled.indices, scaled.indptr), shape=scaled.shape)
+    counts = sp.csr_matrix(
+        (np.round(scaled.data).astype(np.float32), scaled.indices, scaled.indptr), shape=scaled.shape
+    )
     counts.eliminate_zeros()
     return counts
 
@@ -71,7 +73,9 @@ def build_counts_adata() -> ad.AnnData:
         var=source.raw.var[[]].copy(),
         obsm={"X_umap": source.obsm["X_umap"]},
     )
-    counts.uns["stackflows_demo"] = "counts reconstructed from scanpy pbmc68k_reduced raw.X: round(expm1(x) * n_counts / 1e4)"
+    counts.uns["stackflows_demo"] = (
+        "counts reconstructed from scanpy pbmc68k_reduced raw.X: round(expm1(x) * n_counts / 1e4)"
+    )
     return counts
 
 
@@ -96,4 +100,3 @@ def prepare_demo_data(directory: Path) -> DemoData:
         return DemoData(h5ad=h5ad_path, gene_list=genes_path, n_obs=backed.n_obs, n_vars=backed.n_vars)
     finally:
         backed.file.close()
-

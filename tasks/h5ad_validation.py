@@ -110,16 +110,22 @@ def read_gene_list(path: str | Path) -> list[str]:
         with open(path, "rb") as fh:
             genes = pickle.load(fh)
     except FileNotFoundError:
-        raise InputValidationError(path, "gene list file not found", "point the model's gene_list_uri at the pickled gene list") from None
+        raise InputValidationError(
+            path, "gene list file not found", "point the model's gene_list_uri at the pickled gene list"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same to the user
         raise InputValidationError(
-            path, f"not a readable pickled gene list ({type(exc).__name__}: {exc})", "use the gene list pickle shipped with the checkpoint"
+            path,
+            f"not a readable pickled gene list ({type(exc).__name__}: {exc})",
+            "use the gene list pickle shipped with the checkpoint",
         ) from None
     if isinstance(genes, (np.ndarray, pd.Index, pd.Series, tuple)):
         genes = list(genes)
     if not isinstance(genes, list) or not genes or not all(isinstance(g, str) for g in genes):
         raise InputValidationError(
-            path, "the gene list must be a non-empty pickled list of gene symbol strings", "use the gene list pickle shipped with the checkpoint"
+            path,
+            "the gene list must be a non-empty pickled list of gene symbol strings",
+            "use the gene list pickle shipped with the checkpoint",
         )
     return [g.upper() for g in genes]
 
@@ -156,10 +162,14 @@ def _check_readable_hdf5(path: Path) -> None:
     if not path.is_file():
         raise InputValidationError(path, "file not found", "check the path or URI; it must name an .h5ad file")
     if path.stat().st_size == 0:
-        raise InputValidationError(path, "the file is empty (0 bytes)", "the download or copy failed; copy the file again")
+        raise InputValidationError(
+            path, "the file is empty (0 bytes)", "the download or copy failed; copy the file again"
+        )
     if not h5py.is_hdf5(path):
         raise InputValidationError(
-            path, "not an HDF5 file, so not an .h5ad", "save the data with AnnData's write_h5ad (loom, csv, mtx must be converted first)"
+            path,
+            "not an HDF5 file, so not an .h5ad",
+            "save the data with AnnData's write_h5ad (loom, csv, mtx must be converted first)",
         )
     try:
         with h5py.File(path, "r") as f:
@@ -167,7 +177,9 @@ def _check_readable_hdf5(path: Path) -> None:
             f.visit(lambda name: None)  # walks the whole tree: a truncated file fails here
     except OSError as exc:
         raise InputValidationError(
-            path, f"the HDF5 file is truncated or corrupt ({exc})", "the copy is incomplete: copy or download the file again"
+            path,
+            f"the HDF5 file is truncated or corrupt ({exc})",
+            "the copy is incomplete: copy or download the file again",
         ) from None
     if not {"obs", "var"} <= keys:
         raise InputValidationError(
@@ -182,7 +194,9 @@ def _open_backed(path: Path) -> ad.AnnData:
         return ad.read_h5ad(path, backed="r")
     except Exception as exc:  # noqa: BLE001 - anndata raises many kinds for malformed files
         raise InputValidationError(
-            path, f"AnnData cannot read it ({type(exc).__name__}: {exc})", "re-write it with a current anndata (adata.write_h5ad(path))"
+            path,
+            f"AnnData cannot read it ({type(exc).__name__}: {exc})",
+            "re-write it with a current anndata (adata.write_h5ad(path))",
         ) from None
 
 
@@ -196,7 +210,9 @@ def _validate_open(
     block_values: int,
 ) -> DatasetFacts:
     if adata.n_obs == 0:
-        raise InputValidationError(path, "the data set has no cells (0 observations)", "select cells before saving, or pick another file")
+        raise InputValidationError(
+            path, "the data set has no cells (0 observations)", "select cells before saving, or pick another file"
+        )
     if adata.n_vars == 0:
         raise InputValidationError(path, "the data set has no genes (0 variables)", "save the data with its genes")
 

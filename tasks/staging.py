@@ -109,10 +109,16 @@ def validate_input(
         counts_required=counts_required,
         required_obs=required_obs,
     )
-    overlap = f"{facts.gene_overlap:.1%} of {facts.model_genes} model genes" if facts.gene_overlap is not None else "not checked (no gene list)"
+    overlap = "not checked (no gene list)"
+    if facts.gene_overlap is not None:
+        overlap = f"{facts.gene_overlap:.1%} of {facts.model_genes} model genes"
     logger.info(
         "%s: %d cells x %d genes, counts in %s, gene overlap %s",
-        source, facts.n_obs, facts.n_vars, facts.counts_location or "none (not required)", overlap,
+        source,
+        facts.n_obs,
+        facts.n_vars,
+        facts.counts_location or "none (not required)",
+        overlap,
     )
     return facts
 

@@ -124,7 +124,9 @@ def _handler(proxy: GcsProxy) -> type[BaseHTTPRequestHandler]:
                 if fault:
                     fault.times -= 1
             if fault:
-                return self._reply(fault.status, [], json.dumps({"error": {"code": fault.status, "message": "injected"}}).encode())
+                return self._reply(
+                    fault.status, [], json.dumps({"error": {"code": fault.status, "message": "injected"}}).encode()
+                )
             target = self._precondition_target(parts.path, req)
             if target and proxy.precondition_failed(req, *target):
                 error = {

@@ -115,7 +115,9 @@ class GcsStore(ObjectStore):
             with self._errors(uri):
                 # Pin the generation we looked at, so a concurrent change cannot mix two versions.
                 # checksum=None: the crc32c is checked once, below, against the object's own
-                blob.download_to_filename(str(tmp), if_generation_match=blob.generation, checksum=None, retry=self.retry)
+                blob.download_to_filename(
+                    str(tmp), if_generation_match=blob.generation, checksum=None, retry=self.retry
+                )
             got = crc32c_of_file(tmp)
             if got != blob.crc32c:
                 raise ChecksumMismatchError(
@@ -210,4 +212,6 @@ def gcs_store_from_settings() -> GcsStore:
 
     cfg = get_settings().storage
     client = _client(cfg.project, os.environ.get("STORAGE_EMULATOR_HOST"))
-    return GcsStore(client, chunk_size=cfg.chunk_size_mb * 1024 * 1024, retry=DEFAULT_RETRY.with_timeout(cfg.retry_timeout_s))
+    return GcsStore(
+        client, chunk_size=cfg.chunk_size_mb * 1024 * 1024, retry=DEFAULT_RETRY.with_timeout(cfg.retry_timeout_s)
+    )

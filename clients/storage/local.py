@@ -112,9 +112,7 @@ class LocalStore(ObjectStore):
         if not base.is_dir():
             return []
         found = (
-            p
-            for p in base.rglob("*")
-            if p.is_file() and not p.name.startswith(".") and str(p).startswith(str(prefix))
+            p for p in base.rglob("*") if p.is_file() and not p.name.startswith(".") and str(p).startswith(str(prefix))
         )
         return sorted(p.as_uri() for p in found)
 

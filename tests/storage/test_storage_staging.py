@@ -101,7 +101,9 @@ def test_storage_staging_transient_storage_errors_are_retried(
     assert os.path.basename(staged.uri) == "pbmc68k_counts.h5ad"
 
 
-def test_storage_staging_refuses_a_file_changed_after_validation(prefect_api, settings: Settings, demo: DemoData, tmp_path: Path) -> None:
+def test_storage_staging_refuses_a_file_changed_after_validation(
+    prefect_api, settings: Settings, demo: DemoData, tmp_path: Path
+) -> None:
     source = tmp_path / "cells.h5ad"
     source.write_bytes(demo.h5ad.read_bytes())
 

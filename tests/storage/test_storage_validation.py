@@ -28,7 +28,11 @@ def counts(n_obs: int = N_OBS, n_vars: int = N_VARS, seed: int = 0) -> np.ndarra
 def cells(n_obs: int = N_OBS) -> pd.DataFrame:
     labels = np.array(["B", "T", "NK", "Mono"])[np.arange(n_obs) % 4]
     return pd.DataFrame(
-        {"cell_type": pd.Categorical(labels), "donor": [f"d{i % 2}" for i in range(n_obs)], "depth": np.arange(n_obs) * 1.5},
+        {
+            "cell_type": pd.Categorical(labels),
+            "donor": [f"d{i % 2}" for i in range(n_obs)],
+            "depth": np.arange(n_obs) * 1.5,
+        },
         index=[f"c{i}" for i in range(n_obs)],
     )
 
@@ -167,8 +171,16 @@ CORPUS: dict[str, tuple[Callable[[Path], Path], dict, str]] = {
     "case_duplicate_genes": (_case_duplicate_genes, {}, r"duplicate gene names .*compared upper-cased: GENE0"),
     "ensembl_ids": (_ensembl_ids, {"model_genes": MODEL_GENES}, r"gene overlap with the model is 0\.0% \(0 of 30"),
     "low_overlap": (_third_of_the_genes, {"model_genes": MODEL_GENES, "min_gene_overlap": 0.5}, r"33\.3% \(10 of 30"),
-    "missing_obs_column": (_counts, {"required_obs": {"bulk_labels": None}}, r"obs column 'bulk_labels' is missing \(columns: cell_type, donor, depth\)"),
-    "missing_obs_value": (_counts, {"required_obs": {"cell_type": ["B", "Dendritic"]}}, r"obs column 'cell_type' has no cells with value\(s\) 'Dendritic' \(values: B, Mono, NK, T\)"),
+    "missing_obs_column": (
+        _counts,
+        {"required_obs": {"bulk_labels": None}},
+        r"obs column 'bulk_labels' is missing \(columns: cell_type, donor, depth\)",
+    ),
+    "missing_obs_value": (
+        _counts,
+        {"required_obs": {"cell_type": ["B", "Dendritic"]}},
+        r"obs column 'cell_type' has no cells with value\(s\) 'Dendritic' \(values: B, Mono, NK, T\)",
+    ),
 }
 
 
@@ -195,12 +207,16 @@ def test_storage_validation_corpus_is_big_enough() -> None:
 
 
 @pytest.mark.parametrize(
-    "make_x", [lambda x: x, sp.csr_matrix, sp.csc_matrix, lambda x: x.astype(np.int32)], ids=["dense", "csr", "csc", "int32"]
+    "make_x",
+    [lambda x: x, sp.csr_matrix, sp.csc_matrix, lambda x: x.astype(np.int32)],
+    ids=["dense", "csr", "csc", "int32"],
 )
 def test_storage_validation_accepts_counts_in_x(make_x, tmp_path: Path) -> None:
     path = write(tmp_path / "ok.h5ad", make_x(counts()))
 
-    facts = validate_h5ad(path, model_genes=MODEL_GENES, required_obs={"cell_type": ["B", "T"], "donor": None}, block_values=50)
+    facts = validate_h5ad(
+        path, model_genes=MODEL_GENES, required_obs={"cell_type": ["B", "T"], "donor": None}, block_values=50
+    )
 
     assert (facts.n_obs, facts.n_vars) == (N_OBS, N_VARS)
     assert facts.counts_location == "X" and facts.matrix_used == "X"
