@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import socket
 import statistics
 import tempfile
@@ -118,6 +119,7 @@ def main() -> None:
                     )
     finally:
         server.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
     med = {k: statistics.median(v) for k, v in t.items()}
     best = {k: min(v) for k, v in t.items()}
