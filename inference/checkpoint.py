@@ -86,13 +86,7 @@ def check_gene_count(info: CheckpointInfo, n_genes: int, *, name: str = "checkpo
 
 
 def load_model(path: Path, mode: Mode, device: torch.device) -> torch.nn.Module:
-    """The model in eval mode on ``device``, through arc-stack's own loader."""
+    """The model in eval mode on ``device``, through arc-stack's own loader (which wants a .ckpt name)."""
     from stack.model_loading import load_model_from_checkpoint
 
-    local = Path(path)
-    if local.suffix != ".ckpt":  # arc-stack picks the format by suffix
-        alias = local.with_name(local.name + ".ckpt")
-        if not alias.exists():
-            alias.symlink_to(local.resolve())
-        local = alias
-    return load_model_from_checkpoint(str(local), model_class=CLASS_FOR_MODE[mode], device=device)
+    return load_model_from_checkpoint(str(path), model_class=CLASS_FOR_MODE[mode], device=device)

@@ -131,6 +131,9 @@ class StackJob:
         gene_path = fetch(spec.gene_list_uri, self.workdir, field="gene_list_uri", filename="genes.pkl")
         genes = check_gene_list(read_gene_list(gene_path), source=spec.gene_list_uri)
         ckpt_path = fetch(spec.checkpoint_uri, self.workdir, field="checkpoint_uri", filename="model.ckpt")
+        if ckpt_path.suffix != ".ckpt":  # arc-stack picks the format by suffix: link, never copy or rename
+            (self.workdir / "model.ckpt").symlink_to(ckpt_path.resolve())
+            ckpt_path = self.workdir / "model.ckpt"
         info = ckpt_mod.inspect_checkpoint(ckpt_path, name=f"checkpoint {spec.checkpoint_uri}")
         ckpt_mod.check_class_for_mode(info, spec.mode, name=f"checkpoint {spec.checkpoint_uri}")
         ckpt_mod.check_gene_count(info, len(genes), name=f"checkpoint {spec.checkpoint_uri}")
