@@ -240,15 +240,20 @@ class StackJob:
         summary = summarize_generation(
             predicted_means, query_dev, genes, query.genes_present, model_trained=trained
         )
-        parts = []
-        for value, counts in results.items():
+        # One CSR stack and one obs frame: ad.concat would copy every block again.
+        obs_parts = []
+        for value in results:
             obs = query_adata.obs.copy()
             obs["query_cell"] = obs.index.astype(str)
             obs["split_value"] = value
             obs["gen_logit"] = logits[value]
-            parts.append(ad.AnnData(X=counts, obs=obs, var=pd.DataFrame(index=genes)))
-        predictions = ad.concat(parts, axis=0, keys=list(results), index_unique="-", merge="first")
-        predictions.obs["split_value"] = pd.Categorical(predictions.obs["split_value"], categories=list(results))
+            obs.index = obs.index.astype(str) + "-" + value
+            obs_parts.append(obs)
+        obs = pd.concat(obs_parts)
+        obs["split_value"] = pd.Categorical(obs["split_value"], categories=list(results))
+        predictions = ad.AnnData(
+            X=sp.vstack(list(results.values()), format="csr"), obs=obs, var=pd.DataFrame(index=genes)
+        )
         predictions.uns["stack_job"] = {"mode": "generate", "model_trained": trained, "seed": spec.seed,
                                         "num_steps": spec.num_steps, "precision": spec.precision}
         return predictions, summary

@@ -17,9 +17,9 @@ TOP_GENES = 10
 
 def mean_log_cpm(counts: torch.Tensor) -> np.ndarray:
     """Per-gene mean of log1p(counts per million), cells in rows; computed where the tensor lives."""
-    counts = counts.double()
-    lib = counts.sum(dim=1, keepdim=True).clamp(min=1.0)
-    return torch.log1p(counts / lib * 1e6).mean(dim=0).cpu().numpy()
+    counts = counts.float()
+    lib = counts.sum(dim=1, keepdim=True, dtype=torch.float64).clamp(min=1.0).float()
+    return torch.log1p(counts / lib * 1e6).mean(dim=0, dtype=torch.float64).cpu().numpy()
 
 
 def split_summary(
