@@ -39,6 +39,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.filesystems import LocalFileSystem
 from prefect.settings import get_current_settings
 
+from clients.batch.settings import GPU_CONCURRENCY_LIMIT
 from clients.settings import Settings, get_settings
 
 Environment = Literal["local", "gcp"]
@@ -52,7 +53,7 @@ DEPLOYMENTS: dict[Environment, list[str]] = {
     "local": ["local", "nightly-canary"],
     "gcp": ["cloud-run", "nightly-canary-cloud"],
 }
-GPU_LIMIT = "stackflows-gpu-jobs"
+GPU_LIMIT = GPU_CONCURRENCY_LIMIT
 GPU_LIMIT_SLOTS = 2
 RESULTS_BLOCK = "stackflows-results"
 ANTHROPIC_SECRET_BLOCK = "anthropic-api-key"

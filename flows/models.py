@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -40,3 +41,29 @@ class AnalysisRequest(BaseModel):
         default=True,
         description="Reject inputs that are not raw counts (STACK expects counts in .raw.X or .X).",
     )
+
+    def prompt_obs_required(self) -> dict[str, list[str] | None]:
+        """obs columns (and values) the prompt file must have for the request's explicit plan fields."""
+        required: dict[str, list[str] | None] = {}
+        if self.split_column:
+            required[self.split_column] = list(self.split_values) if self.split_values else None
+        return merge_obs_required(required, self.prompt_obs_filter or {})
+
+    def query_obs_required(self) -> dict[str, list[str] | None]:
+        """obs columns (and values) the query file must have for the request's explicit plan fields."""
+        return merge_obs_required({}, self.query_obs_filter or {})
+
+
+def merge_obs_required(
+    required: Mapping[str, list[str] | None], more: Mapping[str, list[str] | None]
+) -> dict[str, list[str] | None]:
+    """Union of two column -> values requirements (e.g. one file serving as prompt and query);
+    None (the column only) yields to named values."""
+    merged = dict(required)
+    for column, values in more.items():
+        if values is None:
+            merged.setdefault(column, None)
+        else:
+            merged[column] = sorted(set(merged.get(column) or []) | set(values))
+    return merged
+

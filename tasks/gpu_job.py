@@ -26,7 +26,8 @@ from pydantic import BaseModel
 from clients.batch import BatchJobRequest, BatchRunner, JobNotFoundError, JobState, JobStatus, runner_from_settings
 from clients.settings import get_settings
 from clients.storage.uris import join_uri
-from inference.contract import MANIFEST_FILE, JobManifest, StackJobSpec
+from inference.contract import MANIFEST_FILE, SUMMARY_FILE, JobManifest, PredictionSummary, StackJobSpec
+from tasks.results import shared_result_storage
 
 MAX_ATTEMPTS = 99
 
@@ -59,6 +60,13 @@ class CollectedOutputs(BaseModel):
     manifest_uri: str
     outputs: dict[str, str]
     manifest: JobManifest
+
+    def read_summary(self) -> PredictionSummary:
+        """The job's summary for the agent (top genes and shifts per context)."""
+        from clients.storage import store_for
+
+        uri = self.outputs[SUMMARY_FILE]
+        return PredictionSummary.model_validate_json(store_for(uri).get_bytes(uri))
 
 
 def job_base_id(run_id: str, content_hash: str) -> str:
@@ -114,9 +122,7 @@ def submit_gpu_job(request: BatchJobRequest, job_id: str) -> SubmittedJob:
 
 def submit_task_for_settings():  # noqa: ANN201 (a prefect Task)
     """``submit_gpu_job`` with its results stored where every worker of this deployment can read them."""
-    settings = get_settings()
-    storage: Any = settings.batch.result_storage or Path(settings.data_dir).resolve() / "prefect-results"
-    return submit_gpu_job.with_options(result_storage=storage)
+    return submit_gpu_job.with_options(result_storage=shared_result_storage())
 
 
 def poll_intervals(initial_s: float, max_s: float, factor: float = 1.5):  # noqa: ANN201 (a generator)

@@ -59,6 +59,7 @@ def offline_findings(plan: RunPlan, summary: PredictionSummary) -> Findings:
     if ranked:
         lines += ["| context | cells | mean shift | most raised | most lowered |", "|---|---:|---:|---|---|"]
         lines += [_split_row(s) for s in ranked]
+    if len(ranked) > 1:
         lines += [
             "",
             f"The context that moves the query cells most is **{ranked[0].split_value}** "

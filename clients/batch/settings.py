@@ -11,6 +11,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+# Global concurrency limit a run holds a slot of while its GPU job exists (created by deployments.setup).
+GPU_CONCURRENCY_LIMIT = "stackflows-gpu-jobs"
+
 
 class BatchSettings(BaseModel):
     backend: Literal["local", "cloud"] = Field(
@@ -28,8 +31,9 @@ class BatchSettings(BaseModel):
     result_storage: str | None = Field(
         default=None,
         description=(
-            "Prefect block slug (e.g. gcs-bucket/stackflows-results) where the submit task persists the "
-            "job id, so a Retry on any worker finds it. Unset: <data_dir>/prefect-results (one machine)."
+            "Prefect block slug (e.g. gcs-bucket/stackflows-results) where a run persists its task results "
+            "(staged inputs, plan, GPU job id), so a Retry on any worker skips what is done. "
+            "Unset: <data_dir>/prefect-results (one machine)."
         ),
     )
 

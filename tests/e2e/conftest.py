@@ -16,18 +16,12 @@ import httpx
 import pytest
 
 from tests.e2e.processes import Process, free_port, start, wait_until
+from tests.small_inputs import Inputs, make_inputs
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "e2e-token-0b7d"
 SERVER_START_S = 120  # a cold `prefect server start` on a busy 2-core machine
 RUN_TIMEOUT_S = 300
-
-
-@dataclass
-class Inputs:
-    h5ad: Path
-    gene_list: Path
-    checkpoint: Path
 
 
 @dataclass
@@ -78,27 +72,6 @@ class System:
         )
         assert done.returncode == 0, done.stdout + done.stderr
         return done.stdout
-
-
-def make_inputs(directory: Path) -> Inputs:
-    """120 cells of pbmc68k as counts (B cells, monocytes, NK), its gene list, a tiny checkpoint."""
-    import anndata as ad
-    import numpy as np
-
-    from deployments.demo_data import prepare_demo_data
-    from inference.make_checkpoint import build_checkpoint, read_gene_list
-
-    demo = prepare_demo_data(directory / "demo")
-    full = ad.read_h5ad(demo.h5ad)
-    keep = []
-    for label in ("CD19+ B", "CD14+ Monocyte", "CD56+ NK"):
-        keep += list(np.flatnonzero(full.obs["bulk_labels"] == label)[:40])
-    subset = full[sorted(keep)].copy()
-    h5ad = directory / "inputs" / "pbmc_subset.h5ad"
-    h5ad.parent.mkdir(parents=True, exist_ok=True)
-    subset.write_h5ad(h5ad)
-    checkpoint = build_checkpoint(read_gene_list(demo.gene_list), directory / "inputs" / "tiny.ckpt")
-    return Inputs(h5ad=h5ad, gene_list=demo.gene_list, checkpoint=checkpoint)
 
 
 def isolated_env(root: Path, prefect_url: str, data_dir: Path) -> dict[str, str]:

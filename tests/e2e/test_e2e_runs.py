@@ -95,7 +95,10 @@ def test_a_failed_run_is_retried_through_the_api_without_redoing_its_gpu_job(sys
     assert gpu_jobs(system.data_dir) == jobs_before, "the retry must poll the job it submitted, not start another"
     assert staged_objects(system.data_dir) == staged_before, "the retry uploaded its inputs again"
     states = task_states(system, run_id)
-    assert states.get("submit-gpu-job", [])[-1:] == ["Cached"], f"submit-gpu-job was redone on retry: {states}"
+    # Prefect hands a retried parent its completed subflow's result, so the retry does not even enter
+    # stack-inference; had it done so, submit-gpu-job would show Cached. Either way: submitted once.
+    assert states["submit-gpu-job"] in (["Completed"], ["Completed", "Cached"]), f"submitted again: {states}"
+    assert states["plan-run"] == ["Completed", "Cached"], f"the agent planned twice: {states}"
     assert done["artifacts"], "the run left no report artifacts"
 
 

@@ -1,0 +1,96 @@
+"""The analysis run: a question and two h5ad files in, a report on what STACK predicts out.
+
+Read it as the run itself:
+
+1. read the request's documents (OCR), for the agent;
+2. check the model files and the inputs, then stage the inputs, before anything costly;
+3. the agent plans which cells and contexts answer the question;
+4. STACK runs on a GPU (a subflow: submitted once, progress on the run page);
+5. the agent interprets the predictions; the report is written beside the outputs.
+
+Every task result is persisted to storage every worker can read, so a Retry from the dashboard (or
+``POST /runs/{id}/retry``) skips what is done: inputs are not uploaded again, the agent is not paid
+twice, the GPU job is polled, not submitted again. Cancelling the run cancels its GPU job.
+"""
+
+# No `from __future__ import annotations` here: Prefect validates the flow's parameters against its
+# annotations, and a flow loaded from its entrypoint (by a worker) cannot resolve them as strings.
+from prefect import flow, get_run_logger
+from prefect.concurrency.sync import concurrency
+from prefect.context import FlowRunContext
+
+from clients.batch.settings import GPU_CONCURRENCY_LIMIT
+from clients.settings import get_settings
+from clients.storage import join_uri
+from flows.faults import fail_once_after
+from flows.models import AnalysisRequest, merge_obs_required
+from inference.contract import PREDICTIONS_FILE
+from flows.stack_inference import cancel_gpu_jobs_of_flow_run, stack_inference
+from tasks.agent import interpret, plan_run
+from tasks.model_files import resolve_model_files
+from tasks.ocr import ocr_documents
+from tasks.report import AnalysisReport, JobFigures, publish_report, top_gene_rows
+from tasks.results import shared_result_storage
+from tasks.staging import StagedInput, stage_input, validate_input
+
+
+@flow(
+    name="analysis-run",
+    description="Stage h5ad inputs, plan with the agent, run STACK on a GPU, interpret, report.",
+    persist_result=True,
+    result_storage=shared_result_storage(),
+    # Not on_crashed: a crashed run's GPU job keeps going, and a Retry polls it instead of starting over.
+    on_cancellation=[cancel_gpu_jobs_of_flow_run],
+)
+def analysis_run(request: AnalysisRequest) -> AnalysisReport:
+    """Answer ``request.question`` with STACK in-context generation; returns the report."""
+    logger = get_run_logger()
+    settings = get_settings()
+    run_id = str(FlowRunContext.get().flow_run.id)
+    run_prefix = join_uri(settings.storage_root, "runs", run_id)
+
+    documents = ocr_documents(request.documents, join_uri(run_prefix, "documents")) if request.documents else []
+
+    model = resolve_model_files(request.checkpoint_uri, request.gene_list_uri)
+    prompt, query = stage_inputs(request, model.gene_list_uri)
+
+    plan = plan_run(request, prompt, query, "\n\n".join(d.markdown() for d in documents))
+    spec = plan.to_job_spec(
+        prompt_uri=prompt.uri,
+        query_uri=query.uri,
+        checkpoint_uri=model.checkpoint_uri,
+        gene_list_uri=model.gene_list_uri,
+        output_prefix=join_uri(run_prefix, "stack"),
+    )
+    with concurrency(GPU_CONCURRENCY_LIMIT, occupy=1):  # GPU jobs queue here instead of piling up
+        collected = stack_inference(spec)
+    fail_once_after("stack_inference", run_id, settings.faults, settings.data_dir / "faults")
+
+    summary = collected.read_summary()
+    findings = interpret(plan, summary, request.question)
+    report = AnalysisReport(
+        flow_run_id=run_id,
+        question=request.question,
+        plan=plan,
+        job=JobFigures.from_manifest(collected.job_id, collected.manifest),
+        findings=findings,
+        top_genes=top_gene_rows(summary),
+        documents=[f"{d.uri} (pages read by {', '.join(f'{e}: {n}' for e, n in d.engines.items())})" for d in documents],
+        outputs={"predictions": collected.outputs[PREDICTIONS_FILE], "manifest": collected.manifest_uri},
+    )
+    report = publish_report(report, query.uri, report.outputs["predictions"], join_uri(run_prefix, "report"))
+    logger.info("Report: %s", report.outputs["report_markdown"])
+    return report
+
+
+def stage_inputs(request: AnalysisRequest, gene_list_uri: str) -> tuple[StagedInput, StagedInput]:
+    """Validate, then stage, the prompt and query files; one file serving as both is handled once."""
+    prompt_needs, query_needs = request.prompt_obs_required(), request.query_obs_required()
+    checks = {"gene_list_uri": gene_list_uri, "counts_required": request.counts_required}
+    if request.query_uri == request.prompt_uri:
+        facts = validate_input(request.prompt_uri, required_obs=merge_obs_required(prompt_needs, query_needs), **checks)
+        staged = stage_input(request.prompt_uri, facts)
+        return staged, staged
+    prompt_facts = validate_input(request.prompt_uri, required_obs=prompt_needs, **checks)
+    query_facts = validate_input(request.query_uri, required_obs=query_needs, **checks)
+    return stage_input(request.prompt_uri, prompt_facts), stage_input(request.query_uri, query_facts)

@@ -1,0 +1,89 @@
+"""The analysis run in one process against a temporary Prefect API: a real STACK job (tiny untrained
+checkpoint, local process runner) on a slice of pbmc68k, and inputs that must fail before any GPU job."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from prefect import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+from clients.settings import Settings
+from clients.storage import local_path_of
+from flows.analysis_run import analysis_run
+from flows.models import AnalysisRequest
+from tasks.h5ad_validation import InputValidationError
+from tests.small_inputs import Inputs, make_inputs
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> Inputs:
+    return make_inputs(tmp_path_factory.mktemp("inputs"))
+
+
+def request_for(inputs: Inputs, **overrides: object) -> AnalysisRequest:
+    body = {
+        "question": "How do monocytes look among B cells?",
+        "prompt_uri": inputs.h5ad.as_uri(),
+        "query_uri": str(inputs.h5ad),  # a plain path works too
+        "gene_list_uri": inputs.gene_list.as_uri(),
+        "checkpoint_uri": inputs.checkpoint.as_uri(),
+        "split_column": "bulk_labels",
+        "split_values": ["CD19+ B", "CD56+ NK"],
+        "query_obs_filter": {"bulk_labels": ["CD14+ Monocyte"]},
+        "num_steps": 2,
+    }
+    return AnalysisRequest.model_validate({**body, **overrides})
+
+
+def run(request: AnalysisRequest, settings: Settings, **kwargs: object):
+    flow = analysis_run.with_options(result_storage=settings.data_dir / "prefect-results")
+    return flow(request, **kwargs)
+
+
+def jobs_started(settings: Settings) -> list[Path]:
+    jobs = settings.data_dir / "jobs"
+    return [p for p in jobs.iterdir() if p.is_dir()] if jobs.is_dir() else []
+
+
+def test_a_run_writes_its_report_beside_the_outputs_and_on_the_run_page(
+    prefect_api: None, settings: Settings, inputs: Inputs
+) -> None:
+    state = run(request_for(inputs), settings, return_state=True)
+    report = state.result()
+
+    assert len(jobs_started(settings)) == 1
+    assert report.job.model_trained is False and report.job.predictions_shape[0] == 2 * 40
+    assert {t.split_value for t in report.top_genes} == {"CD19+ B", "CD56+ NK"}
+    files = {name: local_path_of(uri) for name, uri in report.outputs.items()}
+    assert all(path.is_file() and path.stat().st_size > 0 for path in files.values()), files
+    assert all(f"runs/{state.state_details.flow_run_id}/" in uri for uri in report.outputs.values())
+    markdown = files["report_markdown"].read_text()
+    assert markdown.startswith("# Analysis report: How do monocytes look among B cells?")
+    assert "untrained" in markdown.split("## Plan")[0]  # the first thing a reader sees
+    assert files["plot"].read_bytes().startswith(b"\x89PNG")
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])),
+            flow_run_filter=None, task_run_filter=None,
+        )
+    assert {"analysis-report", "top-genes", "prediction-plot"} <= {a.key for a in artifacts}
+
+
+def test_a_context_missing_from_the_prompt_fails_before_any_gpu_job(
+    prefect_api: None, settings: Settings, inputs: Inputs
+) -> None:
+    with pytest.raises(InputValidationError, match="Dendritic cells") as raised:
+        run(request_for(inputs, split_values=["CD19+ B", "Dendritic cells"]), settings)
+
+    assert "bulk_labels" in str(raised.value)
+    assert jobs_started(settings) == []
+    assert not (settings.data_dir / "objects").exists(), "nothing may be staged for a rejected input"
+
+
+def test_no_checkpoint_anywhere_says_how_to_set_one(prefect_api: None, settings: Settings, inputs: Inputs) -> None:
+    with pytest.raises(InputValidationError, match="STACKFLOWS_MODEL__CHECKPOINT_URI"):
+        run(request_for(inputs, checkpoint_uri=None), settings)
+    assert jobs_started(settings) == []
