@@ -133,10 +133,13 @@ _MARKDOWN_LINK = re.compile(r"^\[[^\]]*\]\((?P<url>[^)]+)\)$")
 
 
 def _link_of(artifact: Artifact) -> str | None:
-    if artifact.type not in ("link", "image") or not isinstance(artifact.data, str):
+    """The target of a link artifact (Prefect 3.8 stores those as markdown that is one link) or image."""
+    if artifact.type not in ("link", "image", "markdown") or not isinstance(artifact.data, str):
         return None
     match = _MARKDOWN_LINK.match(artifact.data.strip())
-    return match.group("url") if match else artifact.data
+    if match:
+        return match.group("url")
+    return None if artifact.type == "markdown" else artifact.data
 
 
 def view(run: FlowRun, ui_url: str, artifacts: list[Artifact] = ()) -> RunView:

@@ -1,34 +1,157 @@
-"""``python -m deployments.demo``: the demo on the embedded defaults (no cloud account needed).
+"""``python -m deployments.demo [--keep]``: one analysis run on the embedded defaults, end to end.
 
-For now it prepares scanpy's ``pbmc68k_reduced`` as counts, validates it against its gene list and
-stages it into the configured storage root (``file://<data_dir>/objects`` unless
-``STACKFLOWS_STORAGE__ROOT`` says otherwise), then prints where it went.
+It does what a user of the real system does, on this machine only: starts a Prefect server (SQLite,
+with its UI), registers the deployments from prefect.yaml, starts a process worker and the HTTP API,
+then asks for an analysis of scanpy's bundled ``pbmc68k_reduced`` through ``POST /runs`` and follows
+it to the end. The STACK checkpoint is a small *untrained* one unless
+``STACKFLOWS_MODEL__CHECKPOINT_URI`` names a real one; the report says so.
+
+Everything lands under the data directory (``.stackflows/`` by default): inputs, the job, the report
+and the Prefect database, so ``--keep`` (or a later ``prefect server start`` with the printed
+``PREFECT_HOME``) shows the run in the UI.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import secrets
+import socket
+import sys
+import time
+from pathlib import Path
 
-# With no PREFECT_API_URL the tasks run against Prefect's ephemeral API, which can take a while to
-# start on a busy machine (the default wait is 20 s).
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")  # tasks run here without a flow
+from clients.settings import get_settings
+from clients.storage import local_path_of
+from deployments.demo_data import prepare_demo_data
+from deployments.local_stack import LocalStack, running_local_stack
 
-from clients.settings import get_settings  # noqa: E402
-from deployments.demo_data import prepare_demo_data  # noqa: E402
-from tasks.staging import stage_input, validate_input  # noqa: E402
+PREFERRED_PORT = 4200  # Prefect's usual port, when it is free
+RUN_TIMEOUT_S = 900
+FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+UNTRAINED_CHECKPOINT = "stack-untrained-tiny.ckpt"
 
 
-def main() -> None:
+def demo_request(data: Path, gene_list: Path, checkpoint: str | None) -> dict:
+    """Monocytes generated in the context of B and NK cells; the planner fills in the rest."""
+    body = {
+        "question": "How would CD14+ monocytes look in the context of CD19+ B cells and CD56+ NK cells?",
+        "prompt_uri": data.as_uri(),
+        "query_uri": data.as_uri(),
+        "gene_list_uri": gene_list.as_uri(),
+        "split_column": "bulk_labels",
+        "query_obs_filter": {"bulk_labels": ["CD14+ Monocyte"]},
+        "num_steps": 4,
+    }
+    if checkpoint:
+        body["checkpoint_uri"] = checkpoint
+    return body
+
+
+def untrained_checkpoint(directory: Path, gene_list: Path) -> Path:
+    """A small randomly initialised STACK checkpoint over the demo's genes, built once."""
+    from inference.make_checkpoint import build_checkpoint, read_gene_list
+
+    path = directory / UNTRAINED_CHECKPOINT
+    if not path.exists():
+        print(f"Building a small untrained STACK checkpoint at {path} (no weights can be downloaded here)")
+        build_checkpoint(read_gene_list(gene_list), path)
+    return path
+
+
+def passed_through_env() -> dict[str, str]:
+    """The caller's own settings (model, agent key, ...) go to the stack's worker; its paths and token do not."""
+    own = {"STACKFLOWS_DATA_DIR", "STACKFLOWS_API__TOKEN"}
+    return {
+        k: v for k, v in os.environ.items()
+        if (k.startswith("STACKFLOWS_") and k not in own) or k == "ANTHROPIC_API_KEY"
+    }
+
+
+def follow(stack: LocalStack, run_id: str) -> dict:
+    """Print the run's state and progress as they change; return the final view."""
+    seen = None
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    with stack.api() as api:
+        while time.monotonic() < deadline:
+            run = api.get(f"/runs/{run_id}").json()
+            state = run["state"] or {"type": "PENDING", "name": "Pending"}
+            progress = run.get("progress")
+            line = f"  {state['name']}" + (f" - {progress['percent']:.0f}% of the GPU job" if progress else "")
+            if line != seen:
+                print(line, flush=True)
+                seen = line
+            if state["type"] in FINAL:
+                return run
+            for process in stack.processes:
+                if process.popen.poll() is not None:
+                    raise RuntimeError(f"{process.name} exited:\n{process.tail()}")
+            time.sleep(1)
+    raise TimeoutError(f"run {run_id} did not finish within {RUN_TIMEOUT_S} s; see {stack.home / 'logs'}")
+
+
+def report_link(run: dict) -> str | None:
+    return next((a["link"] for a in run["artifacts"] if a.get("key") == "report-html"), None)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keep", action="store_true", help="keep the server, worker and API up until Ctrl-C")
+    args = parser.parse_args()
+
     settings = get_settings()
-    demo = prepare_demo_data(settings.data_dir / "demo")
-    facts = validate_input(str(demo.h5ad), gene_list_uri=str(demo.gene_list), required_obs={"bulk_labels": None})
-    staged = stage_input(str(demo.h5ad), facts)
-    print(
-        f"Demo input: {demo.h5ad} ({staged.shape[0]} cells x {staged.shape[1]} genes, gene overlap {staged.gene_overlap:.0%})"
-    )
-    print(f"Staged to:  {staged.uri}")
+    data_dir = settings.data_dir.resolve()
+    demo = prepare_demo_data(data_dir / "demo")
+    checkpoint = settings.model.checkpoint_uri or untrained_checkpoint(data_dir / "demo", demo.gene_list).as_uri()
+    print(f"Input: {demo.h5ad} ({demo.n_obs} cells x {demo.n_vars} genes, scanpy's pbmc68k_reduced as counts)")
+
+    home = data_dir / "local-stack"
+    port = PREFERRED_PORT if _port_free(PREFERRED_PORT) else None
+    print(f"Starting a Prefect server, the deployments, a worker and the API (logs: {home / 'logs'})", flush=True)
+    with running_local_stack(
+        home, data_dir, secrets.token_urlsafe(24), extra_env=passed_through_env(), prefect_port=port, ui=True
+    ) as stack:
+        with stack.api() as api:
+            created = api.post("/runs", json=demo_request(demo.h5ad, demo.gene_list, checkpoint))
+        if created.status_code != 202:
+            print(f"POST /runs answered {created.status_code}: {created.text}", file=sys.stderr)
+            return 1
+        run = created.json()
+        print(f"Run {run['name']} ({run['id']}) created through POST /runs\n  UI: {run['ui_url']}", flush=True)
+
+        final = follow(stack, run["id"])
+        if final["state"]["type"] != "COMPLETED":
+            print(f"The run ended {final['state']['name']}: {final['state']['message']}", file=sys.stderr)
+            print(f"Worker log: {stack.home / 'logs' / 'worker.log'}", file=sys.stderr)
+            return 1
+        html = report_link(final)
+        report_md = local_path_of(html).with_suffix(".md") if html else None
+        print(f"\nReport:  {report_md}\n         {html}")
+        print(f"UI:      {final['ui_url']}")
+        if args.keep:
+            print("The stack stays up; Ctrl-C stops it.")
+            _wait_for_ctrl_c()
+        else:
+            print(
+                f"(The server stops now. To browse the run later: PREFECT_HOME={home / 'prefect-home'} "
+                f"PREFECT_SERVER_DATABASE_CONNECTION_URL=sqlite+aiosqlite:///{home / 'prefect.db'} "
+                ".venv/bin/prefect server start; or run the demo with --keep.)"
+            )
+    return 0
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _wait_for_ctrl_c() -> None:
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -174,5 +174,6 @@ def publish_report(report: AnalysisReport, query_uri: str, predictions_uri: str,
         [row.model_dump() for row in report.top_genes], key="top-genes", description="Top genes per context"
     )
     create_link_artifact(plot_uri, link_text="query input vs predictions (PNG)", key="prediction-plot")
+    create_link_artifact(outputs["report_html"], link_text="the report (HTML)", key="report-html")
     logger.info("Report written to %s", outputs["report_markdown"])
     return report

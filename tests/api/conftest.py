@@ -18,7 +18,7 @@ from api.app import create_app
 from api.settings import ApiSettings
 from clients.settings import Settings
 from flows.models import AnalysisRequest
-from tests.e2e.processes import free_port
+from deployments.processes import free_port
 
 TOKEN = "test-token-5c1e"
 DEPLOYMENT = "analysis-run/api-test"

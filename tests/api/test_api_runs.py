@@ -120,8 +120,9 @@ def test_get_run_shows_progress_and_report_links(api: httpx.Client, api_server: 
             for artifact in (
                 ArtifactCreate(flow_run_id=run["id"], type="progress", key="stack-job", data=42.5),
                 ArtifactCreate(flow_run_id=run["id"], type="markdown", key="analysis-report", data="# Report"),
+                # create_link_artifact writes a markdown artifact that is one link
                 ArtifactCreate(
-                    flow_run_id=run["id"], type="link", key="report-html", data="[report](file:///r/report.html)"
+                    flow_run_id=run["id"], type="markdown", key="report-html", data="[report](file:///r/report.html)"
                 ),
             ):
                 await client.create_artifact(artifact)
@@ -132,6 +133,7 @@ def test_get_run_shows_progress_and_report_links(api: httpx.Client, api_server: 
     by_key = {a["key"]: a for a in shown["artifacts"]}
     assert set(by_key) == {"analysis-report", "report-html"}
     assert by_key["report-html"]["link"] == "file:///r/report.html"
+    assert by_key["analysis-report"]["link"] is None  # a report is not a link
     assert by_key["analysis-report"]["ui_url"].endswith(by_key["analysis-report"]["id"])
 
 

@@ -16,7 +16,7 @@ import pytest
 from clients.batch import JobState
 from clients.batch.local import LocalProcessRunner
 from tests.e2e.conftest import System
-from tests.e2e.processes import wait_until
+from deployments.processes import wait_until
 
 pytestmark = pytest.mark.e2e
 

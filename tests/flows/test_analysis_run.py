@@ -69,7 +69,7 @@ def test_a_run_writes_its_report_beside_the_outputs_and_on_the_run_page(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])),
             flow_run_filter=None, task_run_filter=None,
         )
-    assert {"analysis-report", "top-genes", "prediction-plot"} <= {a.key for a in artifacts}
+    assert {"analysis-report", "top-genes", "prediction-plot", "report-html"} <= {a.key for a in artifacts}
 
 
 def test_a_context_missing_from_the_prompt_fails_before_any_gpu_job(

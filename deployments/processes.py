@@ -1,5 +1,6 @@
-"""Long-running helper processes for the end-to-end tests: started with their output in a log file,
-waited on with a bounded deadline, stopped politely and then firmly."""
+"""Long-running processes of the local stack (server, worker, API) for the demo and the end-to-end
+tests: started with their output in a log file, waited on with a bounded deadline, stopped politely
+and then firmly."""
 
 from __future__ import annotations
 
@@ -75,10 +76,10 @@ def wait_until(
             return result
         for process in watch:
             if process.popen.poll() is not None:
-                raise AssertionError(
+                raise RuntimeError(
                     f"{process.name} exited ({process.popen.returncode}) while waiting for {what}:\n{process.tail()}"
                 )
         if time.monotonic() > deadline:
             logs = "\n".join(f"--- {p.name} ---\n{p.tail()}" for p in watch)
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{logs}")
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}\n{logs}")
         time.sleep(interval)

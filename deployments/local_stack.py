@@ -1,0 +1,144 @@
+"""The whole system on one machine, as separate processes: a Prefect server on SQLite, the
+deployments from prefect.yaml (``python -m deployments.setup local``), a process worker and the API.
+
+The demo runs an analysis on it; the end-to-end tests drive it over HTTP. Everything it writes lives
+under one directory (server database, Prefect home, logs), so runs can be looked at afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from deployments.processes import Process, free_port, start, wait_until
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+LOCAL_POOL = "stackflows-local"
+SERVER_START_S = 120  # a cold `prefect server start` on a busy 2-core machine
+
+
+@dataclass
+class LocalStack:
+    home: Path
+    data_dir: Path
+    prefect_url: str
+    api_url: str
+    api_token: str
+    env: dict[str, str]
+    processes: list[Process] = field(default_factory=list)
+
+    @property
+    def ui_url(self) -> str:
+        return self.prefect_url.removesuffix("/api")
+
+    def api(self, token: str | None = "") -> httpx.Client:
+        """An HTTP client for the API; ``token=None`` sends no Authorization header."""
+        token = self.api_token if token == "" else token
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.api_url, headers=headers, timeout=30)
+
+    def setup(self) -> str:
+        """``python -m deployments.setup local`` against this stack's server; returns its output."""
+        done = subprocess.run(
+            [sys.executable, "-m", "deployments.setup", "local"],
+            cwd=PROJECT_DIR, env=self.env, capture_output=True, text=True, timeout=600,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"deployments.setup local failed:\n{done.stdout}{done.stderr}")
+        return done.stdout
+
+
+def stack_env(home: Path, prefect_url: str, data_dir: Path, api_token: str, ui: bool) -> dict[str, str]:
+    """This machine's environment without its PREFECT_/STACKFLOWS_/ANTHROPIC_ settings, plus the stack's own."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "STACKFLOWS_", "ANTHROPIC_"))}
+    env.update(
+        PREFECT_HOME=str(home / "prefect-home"),
+        PREFECT_API_URL=prefect_url,
+        PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_UI_ENABLED="true" if ui else "false",
+        PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED="false",  # no nightly canary runs while the stack is up
+        PREFECT_WORKER_QUERY_SECONDS="1",  # pick up runs (and cancellations) quickly
+        PREFECT_SERVER_EPHEMERAL_ENABLED="false",
+        STACKFLOWS_DATA_DIR=str(data_dir),
+        STACKFLOWS_API__TOKEN=api_token,
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+@contextmanager
+def running_local_stack(
+    home: Path,
+    data_dir: Path,
+    api_token: str,
+    *,
+    extra_env: dict[str, str] | None = None,
+    prefect_port: int | None = None,
+    ui: bool = False,
+) -> Iterator[LocalStack]:
+    """Start server, deployments, worker and API; stop them all on exit (also on errors).
+
+    ``extra_env`` adds settings on top of the stack's own (e.g. a checkpoint URI, injected faults).
+    """
+    home.mkdir(parents=True, exist_ok=True)
+    logs = home / "logs"
+    logs.mkdir(exist_ok=True)
+    prefect_port = prefect_port or free_port()
+    prefect_url = f"http://127.0.0.1:{prefect_port}/api"
+    api_port = free_port()
+    env = {**stack_env(home, prefect_url, data_dir, api_token, ui), **(extra_env or {})}
+    stack = LocalStack(
+        home=home, data_dir=data_dir, prefect_url=prefect_url, api_url=f"http://127.0.0.1:{api_port}",
+        api_token=api_token, env=env,
+    )
+    python = sys.executable
+    try:
+        server = start(
+            "prefect-server",
+            [python, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
+            env, logs, PROJECT_DIR,
+        )
+        stack.processes.append(server)
+        wait_until(lambda: _ok(f"{prefect_url}/health"), SERVER_START_S, "the Prefect server", watch=[server])
+
+        stack.setup()
+
+        # No `--limit`: Prefect 3.8's worker crashes when a run it still holds a slot for is retried
+        # at once ("this borrower is already holding one of this CapacityLimiter's tokens"). The
+        # deployments' concurrency limits and the GPU limit bound the work instead.
+        worker = start(
+            "worker",
+            [python, "-m", "prefect", "worker", "start", "--pool", LOCAL_POOL, "--name", "local"],
+            env, logs, PROJECT_DIR,
+        )
+        api = start("api", [python, "-m", "api", "--port", str(api_port)], env, logs, PROJECT_DIR)
+        stack.processes += [worker, api]
+        wait_until(lambda: _ok(f"{stack.api_url}/healthz"), 60, "the API", watch=[api])
+        wait_until(lambda: _worker_online(prefect_url), 60, "the worker to poll its pool", watch=[worker])
+        yield stack
+    finally:
+        for process in reversed(stack.processes):
+            process.stop()
+
+
+def _ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _worker_online(prefect_url: str) -> bool:
+    try:
+        r = httpx.post(f"{prefect_url}/work_pools/{LOCAL_POOL}/workers/filter", json={}, timeout=5)
+    except httpx.HTTPError:
+        return False
+    return r.status_code == 200 and any(w.get("status") == "ONLINE" for w in r.json())
