@@ -8,6 +8,7 @@ creates a flow run of the configured deployment and returns at once; a worker ru
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
@@ -65,6 +66,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with get_client() as client:
             app.state.prefect = client
+            # Bounds the runs created at once (see ApiSettings.trigger_concurrency): a burst of
+            # POST /runs queues here instead of colliding in the Prefect server's database.
+            app.state.trigger_slots = asyncio.Semaphore(settings.api.trigger_concurrency)
             yield
 
     app = FastAPI(
@@ -100,16 +104,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _prefect_down(_: Request, exc: httpx.TransportError) -> JSONResponse:
         return JSONResponse(status_code=503, content={"detail": f"Prefect API at {api_url} unreachable: {exc}"})
 
+    @app.exception_handler(PrefectHTTPStatusError)
+    async def _prefect_refused(_: Request, exc: PrefectHTTPStatusError) -> JSONResponse:
+        """Prefect's answer after its client's own retries: busy (429/503) is ours to pass on as 503 with
+        a Retry-After; anything else is an upstream failure (502), not a bug in this API (500)."""
+        code = exc.response.status_code
+        if code in (429, 503):
+            return JSONResponse(
+                status_code=503,
+                content={"detail": f"Prefect API at {api_url} is busy ({code}) after retries; try again shortly"},
+                headers={"Retry-After": exc.response.headers.get("Retry-After", "5")},
+            )
+        return JSONResponse(status_code=502, content={"detail": f"Prefect API at {api_url} answered {code}"})
+
     @app.post(
         "/runs",
         status_code=status.HTTP_202_ACCEPTED,
         response_model=RunView,
         dependencies=authed,
-        responses={**common, 422: {"description": "Invalid request, or a URI outside the allowed roots."}},
+        responses={
+            **common,
+            422: {"description": "Invalid request, or a URI outside the allowed roots."},
+            503: {"description": "Prefect API unreachable or busy; retry after Retry-After seconds."},
+        },
     )
     async def create_run(
         body: AnalysisRequest,
         client: Client,
+        request: Request,
         idempotency_key: Annotated[
             str | None,
             Header(
@@ -128,7 +150,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         key = idempotency_key or runs.idempotency_key_for(body)
         try:
-            run = await runs.trigger(client, settings.api.deployment, body, key)
+            async with request.app.state.trigger_slots:
+                run = await runs.trigger(client, settings.api.deployment, body, key)
         except PrefectHTTPStatusError as e:
             if e.response.status_code in (409, 422):
                 raise HTTPException(status_code=422, detail=f"Prefect refused the parameters: {e.response.text}")

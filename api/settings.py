@@ -20,6 +20,16 @@ class ApiSettings(BaseModel):
         default=None,
         description="Prefect UI base URL for run links; unset: Prefect's PREFECT_UI_URL.",
     )
+    trigger_concurrency: int = Field(
+        default=1,
+        ge=1,
+        description=(
+            "Flow runs POST /runs creates at once through Prefect's API; further requests wait their turn. "
+            "A Prefect server on SQLite refuses concurrent writes ('database is locked', 503) and its "
+            "client retries after 2, 4, 8... s, so one at a time is fastest there (benchmarks/api.py). "
+            "Raise it for Prefect Cloud or a server on PostgreSQL."
+        ),
+    )
     max_body_bytes: int = Field(
         default=64 * 1024,
         ge=1024,
