@@ -3,15 +3,22 @@
 Pure functions (no Prefect): ``validate_h5ad(path, ...)`` returns a :class:`DatasetFacts` or raises
 :class:`InputValidationError`, whose message names the file, the problem and the fix.
 
-The file is opened in AnnData's backed mode: ``obs`` and ``var`` are read, the matrices stay on
-disk and are scanned in blocks (rows of a dense matrix, the stored values of a sparse one), so a
-file larger than memory is checked in constant memory.
+First a child process reads the file's HDF5 metadata (every attribute and string dataset) under a
+timeout: libhdf5 can loop forever or crash on some damaged files, which no code in this process
+could interrupt. Then the file is opened in AnnData's backed mode: ``obs`` and ``var`` are read, the
+matrices stay on disk and are scanned in blocks (rows of a dense matrix, the stored values of a
+sparse one), so a file larger than memory is checked in constant memory. Whatever a damaged file
+makes h5py or anndata raise is reported as an InputValidationError.
 """
 
 from __future__ import annotations
 
+import json
 import pickle
+import subprocess
+import sys
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -25,6 +32,8 @@ from pydantic import BaseModel, Field
 BLOCK_VALUES = 8 * 1024 * 1024
 # Columns with at most this many distinct values get their value counts in the facts.
 LOW_CARDINALITY = 50
+# Seconds the HDF5 metadata probe may take (a healthy file's takes well under a second per GB of obs/var).
+METADATA_TIMEOUT_S = 120.0
 
 CountsLocation = Literal["raw.X", "X"]
 
@@ -141,14 +150,16 @@ def validate_h5ad(
     counts_required: bool = True,
     required_obs: Mapping[str, Sequence[str] | None] | None = None,
     block_values: int = BLOCK_VALUES,
+    metadata_timeout_s: float = METADATA_TIMEOUT_S,
 ) -> DatasetFacts:
     """Check one h5ad and return its facts, or raise InputValidationError with the first problem.
 
     ``required_obs`` maps obs columns the run needs to the values it needs in them (None: any).
     ``block_values`` bounds the values held in memory at once while scanning a matrix.
+    ``metadata_timeout_s`` bounds the child process that reads the file's HDF5 metadata first.
     """
     path = Path(path)
-    _check_readable_hdf5(path)
+    _check_readable_hdf5(path, metadata_timeout_s)
     adata = _open_backed(path)
     try:
         return _validate_open(
@@ -158,7 +169,33 @@ def validate_h5ad(
         adata.file.close()
 
 
-def _check_readable_hdf5(path: Path) -> None:
+# Run in a child process (h5py only): walks every object, reads every attribute and every string or
+# variable-length dataset -- all that lives in HDF5's global heap, where libhdf5 loops forever on some
+# damaged files (h5py#2088, HDFGroup/hdf5#1707) -- and prints the top-level keys or the error as JSON.
+_METADATA_PROBE = '''
+import json, sys
+import h5py
+
+def touch(name, obj):
+    for key in obj.attrs:
+        obj.attrs[key]
+    if isinstance(obj, h5py.Dataset) and (
+        h5py.check_string_dtype(obj.dtype) or h5py.check_vlen_dtype(obj.dtype) or obj.dtype.kind == "O"
+    ):
+        obj[()]
+
+try:
+    with h5py.File(sys.argv[1], "r") as f:
+        keys = sorted(f.keys())
+        touch("/", f)
+        f.visititems(touch)
+    print(json.dumps({"keys": keys}))
+except Exception as exc:
+    print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+'''
+
+
+def _check_readable_hdf5(path: Path, timeout_s: float = METADATA_TIMEOUT_S) -> None:
     if not path.is_file():
         raise InputValidationError(path, "file not found", "check the path or URI; it must name an .h5ad file")
     if path.stat().st_size == 0:
@@ -171,22 +208,48 @@ def _check_readable_hdf5(path: Path) -> None:
             "not an HDF5 file, so not an .h5ad",
             "save the data with AnnData's write_h5ad (loom, csv, mtx must be converted first)",
         )
-    try:
-        with h5py.File(path, "r") as f:
-            keys = set(f.keys())
-            f.visit(lambda name: None)  # walks the whole tree: a truncated file fails here
-    except OSError as exc:
-        raise InputValidationError(
-            path,
-            f"the HDF5 file is truncated or corrupt ({exc})",
-            "the copy is incomplete: copy or download the file again",
-        ) from None
+    keys = set(_probe_metadata(path, timeout_s))
     if not {"obs", "var"} <= keys:
         raise InputValidationError(
             path,
             f"an HDF5 file but not AnnData: it has no obs/var groups (top-level keys: {sorted(keys) or 'none'})",
             "write the data with anndata (adata.write_h5ad(path))",
         )
+
+
+def _probe_metadata(path: Path, timeout_s: float) -> list[str]:
+    """The file's top-level keys, once a child process has read all its metadata.
+
+    A child, because damaged files can make libhdf5 loop forever or crash, and neither can be
+    interrupted inside this process; the child is killed after ``timeout_s``.
+    """
+    damaged = "the copy is incomplete or damaged: copy or download the file again"
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _METADATA_PROBE, str(path)],
+            capture_output=True, text=True, timeout=timeout_s, check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise InputValidationError(
+            path,
+            f"reading its HDF5 metadata did not finish within {timeout_s:g} s, so the file is corrupt "
+            "(libhdf5 loops on some damaged files)",
+            damaged,
+        ) from None
+    try:
+        answer = json.loads(done.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        answer = {}
+    if "keys" in answer:
+        return answer["keys"]
+    if "error" in answer:
+        raise InputValidationError(path, f"the HDF5 file is truncated or corrupt ({answer['error']})", damaged)
+    if done.returncode < 0:
+        raise InputValidationError(
+            path, f"the HDF5 file is corrupt: libhdf5 crashed reading it (signal {-done.returncode})", damaged
+        )
+    last = (done.stderr.strip().splitlines() or ["no output"])[-1]  # not the file's fault: h5py missing...
+    raise RuntimeError(f"the HDF5 metadata probe did not run (exit status {done.returncode}: {last})")
 
 
 def _open_backed(path: Path) -> ad.AnnData:
@@ -216,15 +279,20 @@ def _validate_open(
     if adata.n_vars == 0:
         raise InputValidationError(path, "the data set has no genes (0 variables)", "save the data with its genes")
 
-    candidates = _matrices(adata)
+    with _reading(path, ".X and .raw.X"):
+        candidates = _matrices(adata)
     if not candidates:
         raise InputValidationError(path, "neither .X nor .raw.X holds a matrix", "store the raw counts in .X or .raw.X")
-    stats = {loc: _scan(loc, matrix, block_values) for loc, matrix in candidates.items()}
+    stats: dict[CountsLocation, MatrixStats] = {}
+    for loc, matrix in candidates.items():
+        with _reading(path, f".{loc}"):
+            stats[loc] = _scan(loc, matrix, block_values)
     counts_at = next((loc for loc in ("raw.X", "X") if loc in stats and stats[loc].is_counts), None)
     used = counts_at or next(iter(stats))  # raw.X first when it exists
     _reject_bad_values(path, stats[used], counts_required and counts_at is None, stats)
 
-    var_names = pd.Index(adata.raw.var_names if used == "raw.X" else adata.var_names).astype(str)
+    with _reading(path, f"the gene names of .{used}"):
+        var_names = pd.Index(adata.raw.var_names if used == "raw.X" else adata.var_names).astype(str)
     _reject_duplicate_genes(path, var_names, used)
     overlap = _gene_overlap(path, var_names, model_genes, min_gene_overlap)
     obs = adata.obs
@@ -247,12 +315,30 @@ def _validate_open(
     )
 
 
+@contextmanager
+def _reading(path: Path, what: str) -> Iterator[None]:
+    """Reads of an opened file's matrices: damage HDF5 finds only now (a bad attribute, a data
+    address past the end) becomes an InputValidationError instead of h5py's RuntimeError/OSError."""
+    try:
+        yield
+    except InputValidationError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - h5py and anndata raise many kinds for damaged files
+        raise InputValidationError(
+            path,
+            f"{what} cannot be read, the file is damaged ({type(exc).__name__}: {exc})",
+            "copy or download the file again; if it persists, re-write it with adata.write_h5ad(path)",
+        ) from None
+
+
 def _matrices(adata: ad.AnnData) -> dict[CountsLocation, object]:
     """The matrices counts may be in, raw.X first (where scanpy keeps counts once X is normalised)."""
     found: dict[CountsLocation, object] = {}
     if adata.raw is not None and adata.raw.X is not None:
         found["raw.X"] = adata.raw.X
-    if adata.X is not None:
+    # a backed AnnData saved with X=None has no X in its file, and reading adata.X raises KeyError
+    has_x = "X" in adata.file if adata.isbacked else True
+    if has_x and adata.X is not None:
         found["X"] = adata.X
     return found
 

@@ -55,9 +55,19 @@ class SourceDocument:
             try:
                 image = Image.open(io.BytesIO(data))
                 image.load()
-            except (UnidentifiedImageError, OSError) as exc:
-                raise DocumentError(f"{name}: the image cannot be decoded ({exc}); re-export it as PNG") from exc
-            self._image = ImageOps.exif_transpose(image).convert("RGB")
+                self._image = ImageOps.exif_transpose(image).convert("RGB")
+            except Image.DecompressionBombError as exc:
+                raise DocumentError(
+                    f"{name}: the image is too large to decode ({exc}); downscale it or save it as a PDF"
+                ) from exc
+            except UnidentifiedImageError as exc:
+                raise DocumentError(
+                    f"{name}: the image cannot be decoded (not a PNG or JPEG Pillow can read); re-export it as PNG"
+                ) from exc
+            except Exception as exc:  # noqa: BLE001 - Pillow reports damage as OSError, SyntaxError, ValueError...
+                raise DocumentError(
+                    f"{name}: the image cannot be decoded ({type(exc).__name__}: {exc}); re-export it as PNG"
+                ) from exc
             self.page_count = 1
         if self.page_count == 0:
             self.close()
