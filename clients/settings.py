@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -21,10 +22,20 @@ from clients.model_settings import ModelSettings
 
 
 class FaultSettings(BaseModel):
-    """Injected faults for resume tests (see flows/faults.py); off by default."""
+    """Injected faults for resume tests and the retry soak (see flows/faults.py); off by default."""
 
     fail_once_after: list[str] = Field(
-        default_factory=list, description="Steps after which each flow run fails once (testing only)."
+        default_factory=list,
+        description="Steps after which each flow run fails once (testing only): staged, planned, submitted, "
+        "stack_inference, interpreted.",
+    )
+    one_step_per_run: bool = Field(
+        default=False, description="Fault each run after only one of the listed steps, picked by its run id."
+    )
+    crash: Literal["never", "always", "half"] = Field(
+        default="never",
+        description="Instead of failing, kill the flow-run process (as a dead worker would): never, always, "
+        "or for half of the runs (picked by run id).",
     )
 
 

@@ -55,13 +55,18 @@ class LocalStack:
         return done.stdout
 
 
-def stack_env(home: Path, prefect_url: str, data_dir: Path, api_token: str, ui: bool) -> dict[str, str]:
-    """This machine's environment without its PREFECT_/STACKFLOWS_/ANTHROPIC_ settings, plus the stack's own."""
+def stack_env(
+    home: Path, prefect_url: str, data_dir: Path, api_token: str, ui: bool, database_url: str | None = None
+) -> dict[str, str]:
+    """This machine's environment without its PREFECT_/STACKFLOWS_/ANTHROPIC_ settings, plus the stack's own.
+
+    ``database_url`` (e.g. ``postgresql+asyncpg://...``, the production set-up) replaces the SQLite file.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "STACKFLOWS_", "ANTHROPIC_"))}
     env.update(
         PREFECT_HOME=str(home / "prefect-home"),
         PREFECT_API_URL=prefect_url,
-        PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+        PREFECT_SERVER_DATABASE_CONNECTION_URL=database_url or f"sqlite+aiosqlite:///{home / 'prefect.db'}",
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PREFECT_UI_ENABLED="true" if ui else "false",
         PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED="false",  # no nightly canary runs while the stack is up
@@ -83,6 +88,7 @@ def running_local_stack(
     extra_env: dict[str, str] | None = None,
     prefect_port: int | None = None,
     ui: bool = False,
+    database_url: str | None = None,
 ) -> Iterator[LocalStack]:
     """Start server, deployments, worker and API; stop them all on exit (also on errors).
 
@@ -94,7 +100,7 @@ def running_local_stack(
     prefect_port = prefect_port or free_port()
     prefect_url = f"http://127.0.0.1:{prefect_port}/api"
     api_port = free_port()
-    env = {**stack_env(home, prefect_url, data_dir, api_token, ui), **(extra_env or {})}
+    env = {**stack_env(home, prefect_url, data_dir, api_token, ui, database_url), **(extra_env or {})}
     stack = LocalStack(
         home=home, data_dir=data_dir, prefect_url=prefect_url, api_url=f"http://127.0.0.1:{api_port}",
         api_token=api_token, env=env,

@@ -22,7 +22,7 @@ from prefect.context import FlowRunContext
 from clients.batch.settings import GPU_CONCURRENCY_LIMIT
 from clients.settings import get_settings
 from clients.storage import join_uri
-from flows.faults import fail_once_after
+from flows.faults import fault_point
 from flows.models import AnalysisRequest, merge_obs_required
 from inference.contract import PREDICTIONS_FILE
 from flows.stack_inference import cancel_gpu_jobs_of_flow_run, stack_inference
@@ -53,8 +53,10 @@ def analysis_run(request: AnalysisRequest) -> AnalysisReport:
 
     model = resolve_model_files(request.checkpoint_uri, request.gene_list_uri)
     prompt, query = stage_inputs(request, model.gene_list_uri)
+    fault_point("staged", run_id)
 
     plan = plan_run(request, prompt, query, "\n\n".join(d.markdown() for d in documents))
+    fault_point("planned", run_id)
     spec = plan.to_job_spec(
         prompt_uri=prompt.uri,
         query_uri=query.uri,
@@ -64,10 +66,11 @@ def analysis_run(request: AnalysisRequest) -> AnalysisReport:
     )
     with concurrency(GPU_CONCURRENCY_LIMIT, occupy=1):  # GPU jobs queue here instead of piling up
         collected = stack_inference(spec)
-    fail_once_after("stack_inference", run_id, settings.faults, settings.data_dir / "faults")
+    fault_point("stack_inference", run_id)
 
     summary = collected.read_summary()
     findings = interpret(plan, summary, request.question)
+    fault_point("interpreted", run_id)
     report = AnalysisReport(
         flow_run_id=run_id,
         question=request.question,

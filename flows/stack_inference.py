@@ -20,6 +20,7 @@ from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext
 
 from clients.batch import BatchJobRequest
+from flows.faults import fault_point
 from inference.contract import StackJobSpec
 from tasks.gpu_job import (
     CollectedOutputs,
@@ -81,5 +82,6 @@ def stack_inference(spec: StackJobSpec) -> CollectedOutputs:
     job_id = choose_job_id(job_base_id(run_id, spec.content_hash()))
     request = BatchJobRequest.for_stack_job(spec_for_job(spec, job_id), labels=job_labels(run_id, spec))
     job = submit_task_for_settings()(request, job_id)
+    fault_point("submitted", run_id, how="crash")
     wait_for_gpu_job(job)
     return collect_gpu_job_outputs(job)

@@ -5,13 +5,16 @@ checkpoint, so a run takes seconds of compute."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import pytest
 
 from deployments.local_stack import LocalStack, running_local_stack
 from deployments.processes import wait_until
+from tests.postgres_server import postgres_bin_dir, running_postgres
 from tests.small_inputs import Inputs, make_inputs
 
 TOKEN = "e2e-token-0b7d"
@@ -53,13 +56,30 @@ class System:
             return wait_until(reached, timeout, f"run {run_id} to reach {states}", watch=self.processes)
 
 
-@pytest.fixture(scope="module")
-def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
-    root = tmp_path_factory.mktemp("e2e")
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def system(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    """The stack on SQLite (the embedded default) and on PostgreSQL (the production database)."""
+    root = tmp_path_factory.mktemp(f"e2e-{request.param}")
     data_dir = root / "data"
     inputs = make_inputs(data_dir)
-    with running_local_stack(root, data_dir, TOKEN, extra_env=fault_env()) as stack:
+    with ExitStack() as stack_of:
+        database_url = None
+        if request.param == "postgresql":
+            require_postgres()
+            database_url = stack_of.enter_context(running_postgres())
+        stack = stack_of.enter_context(
+            running_local_stack(root, data_dir, TOKEN, extra_env=fault_env(), database_url=database_url)
+        )
         yield System(stack=stack, inputs=inputs)
+
+
+def require_postgres() -> None:
+    """Without PostgreSQL installed: skip on a laptop, fail in CI (where .ci/run installs it)."""
+    if postgres_bin_dir() is None:
+        message = "PostgreSQL is not installed (apt-get install -y postgresql); .ci/run installs it"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
 
 
 def fault_env() -> dict[str, str]:

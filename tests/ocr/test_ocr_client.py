@@ -82,6 +82,15 @@ def test_429_is_retried_after_the_retry_after_delay(metadata_identity: FakeGoogl
     assert second - first >= 0.9  # waited as the service asked, not the 0.05 s backoff
 
 
+def test_a_cold_start_burst_of_503s_is_waited_out(metadata_identity: FakeGoogleIdentity) -> None:
+    """A scaled-to-zero Cloud Run service answers 503 while its instance starts; every page gets through."""
+    with FakeOcrService(plan={1: [503, 503, 503], 2: [503, 503], 3: [503]}) as fake:
+        doc = DocumentReader(service_settings(fake.url)).read(scanned_pdf(4), "scan.pdf")
+    assert [p.text.splitlines()[0] for p in doc.pages] == [f"# Page {n}" for n in range(1, 5)]
+    assert [status for _, status in fake.attempts[1]] == [503, 503, 503, 200]
+    assert fake.completed == 4
+
+
 def test_a_permanent_500_fails_naming_the_page_and_keeps_the_pages_before_it(
     metadata_identity: FakeGoogleIdentity,
 ) -> None:

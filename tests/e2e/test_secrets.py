@@ -1,0 +1,81 @@
+"""Secrets stay secret through a whole run: the Anthropic key (from the worker's environment) and the
+API's bearer token must not appear in any process log, Prefect log, artifact, flow-run parameter or
+report file of a run in which the agent really called the (fake) Messages API with that key."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from deployments.local_stack import LocalStack, running_local_stack
+from deployments.processes import wait_until
+from tests.fake_anthropic_api import FakeMessagesAPI, text, tool_use
+from tests.small_inputs import Inputs, make_inputs
+
+pytestmark = pytest.mark.e2e
+
+ANTHROPIC_KEY = "sk-ant-e2e-Zq81XbW3-never-print-me"
+TOKEN = "e2e-secret-token-4c9d1e"
+FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+PLAN = {
+    "split_column": "bulk_labels",
+    "split_values": ["CD19+ B"],
+    "query_obs_filter": {"bulk_labels": ["CD14+ Monocyte"]},
+    "num_steps": 2,
+    "rationale": "B cells as the context for monocytes.",
+}
+
+
+@pytest.fixture(scope="module")
+def agent_api() -> Iterator[FakeMessagesAPI]:
+    with FakeMessagesAPI() as api:
+        yield api
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, agent_api: FakeMessagesAPI) -> Iterator[tuple[LocalStack, Inputs]]:
+    root = tmp_path_factory.mktemp("secrets")
+    inputs = make_inputs(root / "data")
+    agent_env = {"ANTHROPIC_API_KEY": ANTHROPIC_KEY, "STACKFLOWS_AGENT__BASE_URL": agent_api.base_url}
+    with running_local_stack(root, root / "data", TOKEN, extra_env=agent_env) as stack:
+        yield stack, inputs
+
+
+def test_no_key_or_token_in_logs_artifacts_parameters_or_reports(
+    stack: tuple[LocalStack, Inputs], agent_api: FakeMessagesAPI
+) -> None:
+    local, inputs = stack
+    agent_api.reply([tool_use("submit_plan", PLAN)])
+    agent_api.reply([text("Monocytes under a B-cell context: see the table.")])
+    h5ad = inputs.h5ad.as_uri()
+    body = {
+        "question": "How do monocytes look among B cells?",
+        "prompt_uri": h5ad, "query_uri": h5ad,
+        "gene_list_uri": inputs.gene_list.as_uri(), "checkpoint_uri": inputs.checkpoint.as_uri(),
+    }
+    with local.api() as api:
+        run_id = api.post("/runs", json=body).json()["id"]
+        done = wait_until(
+            lambda: (r := api.get(f"/runs/{run_id}").json())["state"] and r["state"]["type"] in FINAL and r,
+            300, "the run to finish", watch=local.processes,
+        )
+    assert done["state"]["type"] == "COMPLETED", done["state"]
+    sent_keys = [
+        r.headers.get("x-api-key") or r.headers.get("authorization", "").removeprefix("Bearer ")
+        for r in agent_api.requests
+    ]
+    assert sent_keys == [ANTHROPIC_KEY] * 2, "the agent should have planned and interpreted with the key"
+
+    prefect = local.prefect_url
+    where = {
+        **{f"{p.name}.log": p.log.read_text(errors="replace") for p in local.processes},
+        "prefect logs": httpx.post(f"{prefect}/logs/filter", json={"limit": 200}).text,
+        "artifacts": httpx.post(f"{prefect}/artifacts/filter", json={"limit": 200}).text,
+        "flow runs": httpx.post(f"{prefect}/flow_runs/filter", json={"limit": 200}).text,
+        **{str(p): p.read_text(errors="replace") for p in (local.data_dir / "objects" / "runs").rglob("report.*")},
+    }
+    assert len(where) > 5 and "report.md" in " ".join(where)
+    leaks = [name for name, content in where.items() if ANTHROPIC_KEY in content or TOKEN in content]
+    assert leaks == [], f"a secret leaked into {leaks}"
