@@ -2,8 +2,8 @@
 
 Read it as the run itself:
 
-1. read the request's documents (OCR), for the agent;
-2. check the model files and the inputs, then stage the inputs, before anything costly;
+1. check the model files and the inputs, then stage the inputs, before anything costly;
+2. read the request's documents (OCR), for the agent;
 3. the agent plans which cells and contexts answer the question;
 4. STACK runs on a GPU (a subflow: submitted once, progress on the run page);
 5. the agent interprets the predictions; the report is written beside the outputs.
@@ -29,7 +29,7 @@ from flows.stack_inference import cancel_gpu_jobs_of_flow_run, stack_inference
 from tasks.agent import interpret, plan_run
 from tasks.model_files import resolve_model_files
 from tasks.ocr import ocr_documents
-from tasks.report import AnalysisReport, JobFigures, publish_report, top_gene_rows
+from tasks.report import AnalysisReport, JobFigures, document_line, publish_report, top_gene_rows
 from tasks.results import shared_result_storage
 from tasks.staging import StagedInput, stage_input, validate_input
 
@@ -49,11 +49,12 @@ def analysis_run(request: AnalysisRequest) -> AnalysisReport:
     run_id = str(FlowRunContext.get().flow_run.id)
     run_prefix = join_uri(settings.storage_root, "runs", run_id)
 
-    documents = ocr_documents(request.documents, join_uri(run_prefix, "documents")) if request.documents else []
-
+    # Inputs first: a bad file is reported before any OCR or GPU time is spent.
     model = resolve_model_files(request.checkpoint_uri, request.gene_list_uri)
     prompt, query = stage_inputs(request, model.gene_list_uri)
     fault_point("staged", run_id)
+
+    documents = ocr_documents(request.documents, join_uri(run_prefix, "documents")) if request.documents else []
 
     plan = plan_run(request, prompt, query, "\n\n".join(d.markdown() for d in documents))
     fault_point("planned", run_id)
@@ -78,7 +79,7 @@ def analysis_run(request: AnalysisRequest) -> AnalysisReport:
         job=JobFigures.from_manifest(collected.job_id, collected.manifest),
         findings=findings,
         top_genes=top_gene_rows(summary),
-        documents=[f"{d.uri} (pages read by {', '.join(f'{e}: {n}' for e, n in d.engines.items())})" for d in documents],
+        documents=[document_line(d) for d in documents],
         outputs={"predictions": collected.outputs[PREDICTIONS_FILE], "manifest": collected.manifest_uri},
     )
     report = publish_report(report, query.uri, report.outputs["predictions"], join_uri(run_prefix, "report"))

@@ -18,6 +18,7 @@ from prefect.cache_policies import INPUTS
 from prefect.logging import get_run_logger
 from pydantic import BaseModel, Field
 
+from clients.ocr.models import DocumentText
 from clients.storage import ObjectExistsError, join_uri, store_for
 from inference.contract import JobManifest, PredictionSummary
 from tasks.plan import AgentUsage, Findings, RunPlan
@@ -77,6 +78,12 @@ class AnalysisReport(BaseModel):
     @property
     def llm_usage(self) -> list[AgentUsage]:
         return [u for u in (self.plan.usage, self.findings.usage) if u is not None]
+
+
+def document_line(document: DocumentText) -> str:
+    """``protocol.pdf (pages read by text-layer: 3, lightonocr: 2)``: what the agent read, and how."""
+    engines = ", ".join(f"{engine}: {pages}" for engine, pages in document.engines.items())
+    return f"{document.uri} (pages read by {engines})"
 
 
 def top_gene_rows(summary: PredictionSummary) -> list[TopGene]:

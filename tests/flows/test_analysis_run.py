@@ -14,6 +14,7 @@ from clients.storage import local_path_of
 from flows.analysis_run import analysis_run
 from flows.models import AnalysisRequest
 from tasks.h5ad_validation import InputValidationError
+from tests.ocr.conftest import text_pdf
 from tests.small_inputs import Inputs, make_inputs
 
 
@@ -70,6 +71,19 @@ def test_a_run_writes_its_report_beside_the_outputs_and_on_the_run_page(
             flow_run_filter=None, task_run_filter=None,
         )
     assert {"analysis-report", "top-genes", "prediction-plot", "report-html"} <= {a.key for a in artifacts}
+
+
+def test_documents_are_read_and_listed_in_the_report(prefect_api: None, settings: Settings, inputs: Inputs) -> None:
+    protocol = settings.data_dir / "docs" / "protocol.pdf"
+    protocol.parent.mkdir(parents=True)
+    protocol.write_bytes(text_pdf(["Monocytes were sorted by CD14 and B cells by CD19 before 10x capture."]))
+
+    report = run(request_for(inputs, documents=[protocol.as_uri()]), settings)
+
+    assert report.documents == [f"{protocol.as_uri()} (pages read by text-layer: 1)"]
+    markdown = next((settings.data_dir / "objects" / "runs").rglob("documents/*.md")).read_text()
+    assert "Monocytes were sorted by CD14 and B cells by CD19" in markdown
+    assert "protocol.pdf (pages read by text-layer: 1)" in local_path_of(report.outputs["report_markdown"]).read_text()
 
 
 def test_a_context_missing_from_the_prompt_fails_before_any_gpu_job(
