@@ -22,15 +22,14 @@ RUN_TIMEOUT_S = 300
 
 
 @dataclass
-class System:
-    stack: LocalStack
-    inputs: Inputs
+class System(LocalStack):
+    """The running stack plus the small inputs its runs use."""
 
-    def __getattr__(self, name: str):  # data_dir, prefect_url, api(), setup(), processes ...
-        return getattr(self.stack, name)
+    inputs: Inputs | None = None
 
     def request(self, question: str, **overrides: object) -> dict:
         """An analysis request with an explicit plan, so no agent key is needed."""
+        assert self.inputs is not None
         h5ad = self.inputs.h5ad.as_uri()
         body = {
             "question": question,
@@ -70,7 +69,7 @@ def system(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         stack = stack_of.enter_context(
             running_local_stack(root, data_dir, TOKEN, extra_env=fault_env(), database_url=database_url)
         )
-        yield System(stack=stack, inputs=inputs)
+        yield System(**vars(stack), inputs=inputs)
 
 
 def require_postgres() -> None:
