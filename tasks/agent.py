@@ -36,6 +36,9 @@ from tasks.plan_data import PlanData
 from tasks.staging import StagedInput
 
 API_KEY_ENV = "ANTHROPIC_API_KEY"
+# Part of the offline plans' cache key: bump it when the offline planner or summary changes what it
+# writes, so persisted plans from older code are not served again.
+OFFLINE_PLANNER_VERSION = 2
 # Agent settings that change what a step answers; the others (prices, timeouts) do not invalidate results.
 _ANSWER_SHAPING = (
     "model",
@@ -73,7 +76,7 @@ def anthropic_api_key(settings: AgentSettings) -> str | None:
 def planner_identity(settings: AgentSettings) -> dict[str, Any]:
     """Who would answer now: the offline code, or a model with these settings (never the key itself)."""
     if anthropic_api_key(settings) is None:
-        return {"planner": "offline"}
+        return {"planner": "offline", "version": OFFLINE_PLANNER_VERSION}
     return {"planner": "claude", **settings.model_dump(include=set(_ANSWER_SHAPING))}
 
 

@@ -49,16 +49,16 @@ def offline_plan(request: AnalysisRequest, data: PlanData, settings: AgentSettin
         reasons.append(why)
     else:
         reasons.append(f"split on {column!r} as the request asks")
+    query_filter = fixed.get("query_obs_filter")
     values = fixed.get("split_values")
     if values is None:
-        values = _choose_split_values(request.question, data.prompt, column, prompt_filter, settings)
+        values = _choose_split_values(request.question, data.prompt, column, prompt_filter, query_filter, settings)
         reasons.append(
-            f"contexts: the {len(values)} values with at least {settings.min_prompt_cells_per_split} prompt "
-            "cells (values the question names first, then the largest)"
+            f"contexts: {len(values)} values with at least {settings.min_prompt_cells_per_split} prompt cells "
+            "(those the question names, other than the query's own; else the largest)"
         )
     else:
         reasons.append("contexts as the request names them")
-    query_filter = fixed.get("query_obs_filter")
     query_cells = data.query.count(query_filter)
     reasons.append(f"query: {query_cells} cells" + (" matching the request's filter" if query_filter else " (all)"))
     num_steps = fixed.get("num_steps", settings.default_num_steps)
@@ -112,14 +112,22 @@ def _choose_split_column(
 
 
 def _choose_split_values(
-    question: str, table: ObsTable, column: str, prompt_filter: dict[str, list[str]] | None, settings: AgentSettings
+    question: str,
+    table: ObsTable,
+    column: str,
+    prompt_filter: dict[str, list[str]] | None,
+    query_filter: dict[str, list[str]] | None,
+    settings: AgentSettings,
 ) -> list[str]:
+    """The contexts the question names (less the query's own, when it names others too); with none
+    named, the best-populated values."""
     counts = table.value_counts(column, prompt_filter)  # largest first
     populated = [v for v, n in counts.items() if n >= settings.min_prompt_cells_per_split]
     words = _words(question)
     mentioned = [v for v in populated if _words(v) & words]
-    ordered = mentioned + [v for v in populated if v not in mentioned]
-    return ordered[: settings.max_split_values]
+    queried = set((query_filter or {}).get(column, []))
+    contexts = [v for v in mentioned if v not in queried] or mentioned
+    return (contexts or populated)[: settings.max_split_values]
 
 
 def _name_hint_rank(column: str) -> int:

@@ -33,9 +33,7 @@ def test_offline_plan_for_pbmc68k_reduced_is_valid(pbmc_h5ad: Path) -> None:
     assert check_plan(plan, data, settings) == []
     assert plan.planned_by == OFFLINE_PLANNER
     assert plan.split_column == "bulk_labels"  # the question names its values
-    assert plan.split_values[:2] == ["Dendritic", "CD14+ Monocyte"]  # named values first
-    assert "CD4+/CD45RA+/CD25- Naive T" not in plan.split_values  # 8 cells: too few
-    assert len(plan.split_values) == settings.max_split_values
+    assert plan.split_values == ["Dendritic", "CD14+ Monocyte"]  # the values the question names
     assert plan.num_steps == settings.default_num_steps and plan.usage is None
     assert "without a model" in plan.rationale
     spec = plan.to_job_spec(
@@ -43,6 +41,27 @@ def test_offline_plan_for_pbmc68k_reduced_is_valid(pbmc_h5ad: Path) -> None:
         gene_list_uri="file:///genes.pkl", output_prefix="file:///out/1", chunk_size=64,
     )
     assert spec.mode == "generate" and spec.split_values == plan.split_values and spec.chunk_size == 64
+
+
+def test_offline_contexts_leave_out_the_query_cells_own_type(pbmc_h5ad: Path) -> None:
+    data = PlanData.from_uris(pbmc_h5ad.as_uri(), pbmc_h5ad.as_uri())
+    request = _request(pbmc_h5ad, query_obs_filter={"bulk_labels": ["Dendritic"]})
+
+    plan = offline_plan(request, data, AgentSettings())
+
+    assert plan.split_values == ["CD14+ Monocyte"]
+
+
+def test_offline_plan_without_named_values_takes_the_best_populated(pbmc_h5ad: Path) -> None:
+    data = PlanData.from_uris(pbmc_h5ad.as_uri(), pbmc_h5ad.as_uri())
+    settings = AgentSettings()
+
+    request = _request(pbmc_h5ad, question="What changes between contexts?", split_column="bulk_labels")
+
+    plan = offline_plan(request, data, settings)
+
+    assert len(plan.split_values) == settings.max_split_values
+    assert "CD4+/CD45RA+/CD25- Naive T" not in plan.split_values  # 8 cells: too few
 
 
 def test_offline_plan_uses_the_request_fields(pbmc_h5ad: Path) -> None:
