@@ -36,7 +36,7 @@ IN_FLIGHT = 2  # the deployment runs 2 at a time; more would wait ~20 s per turn
 # One retry per injected fault, plus the odd one for Prefect 3.8's late crash report: the worker
 # reports a crashed process a second time some seconds later, and if the run was retried in between,
 # that report marks the new attempt Crashed too (docs/deploy.md, "Known pitfalls").
-MAX_RETRIES = 4
+MAX_RETRIES = 6
 
 
 @pytest.fixture(scope="module")
