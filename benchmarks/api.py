@@ -46,6 +46,7 @@ import httpx
 
 from deployments.local_stack import stack_env
 from deployments.processes import Process, free_port, start, wait_until
+from tests.api.schema_deployment import register_schema_deployment
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 TOKEN = "bench-token-7f3a"
@@ -119,25 +120,6 @@ async def burst(send: Send, bodies: list[dict], concurrency: int, side: Side) ->
     side.bodies_sent += len({b["question"] for b in bodies})
     side.runs_seen += len(set().union(*run_ids.values())) if run_ids else 0
     side.split_bodies += sum(1 for ids in run_ids.values() if len(ids) > 1)
-
-
-async def register_deployment() -> str:
-    """The analysis flow's parameter schema, enforced, and no worker: runs stay Scheduled."""
-    from prefect import get_client
-    from prefect.utilities.callables import parameter_schema
-
-    from tests.api.conftest import _analysis_run_signature
-
-    async with get_client() as client:
-        flow_id = await client.create_flow_from_name(DEPLOYMENT.split("/")[0])
-        deployment_id = await client.create_deployment(
-            flow_id=flow_id,
-            name=DEPLOYMENT.split("/")[1],
-            entrypoint="flows/analysis_run.py:analysis_run",
-            parameter_openapi_schema=parameter_schema(_analysis_run_signature).model_dump_for_openapi(),
-            enforce_parameter_schema=True,
-        )
-    return str(deployment_id)
 
 
 async def measure(args: argparse.Namespace, api_url: str, deployment_id: str, data_dir: Path) -> tuple[list[Side], int]:
@@ -301,7 +283,7 @@ def main() -> int:
         t0 = time.perf_counter()
         wait_until(lambda: _ok(f"{prefect_url}/health"), SERVER_START_S, "the Prefect server", watch=[server])
         print(f"Prefect server up in {time.perf_counter() - t0:.0f} s")
-        deployment_id = asyncio.run(register_deployment())
+        deployment_id = asyncio.run(register_schema_deployment(DEPLOYMENT))
         api = start("api", [python, "-m", "api", "--port", str(api_port)], env, logs, PROJECT_DIR)
         processes.append(api)
         api_url = f"http://127.0.0.1:{api_port}"

@@ -25,21 +25,16 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from deployments.processes import free_port
+
 CHUNK_MB = 100
 N_VARS = 2000
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _write_counts_h5ad(path: Path, size_mb: int) -> None:
@@ -70,7 +65,7 @@ def main() -> None:
 
     from gcp_storage_emulator.server import create_server
 
-    port = _free_port()
+    port = free_port()
     server = create_server("127.0.0.1", port, in_memory=True)
     server.start()
     work = Path(tempfile.mkdtemp(prefix="stackflows-bench-"))

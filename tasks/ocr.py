@@ -69,11 +69,9 @@ def _write_once(uri: str, data: bytes) -> str:
     candidates = [uri, uri.removesuffix(".md") + f".{_short_hash(data)}.md"]
     for candidate in candidates:
         try:
-            store.put_bytes(data, candidate)
-            return candidate
+            return store.put_bytes_once(data, candidate)
         except ObjectExistsError:
-            if store.get_bytes(candidate) == data:
-                return candidate
+            continue  # different bytes there: try the next name
     raise ObjectExistsError(f"{uri}: different markdown is already there twice; use a new output prefix")
 
 

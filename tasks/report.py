@@ -19,7 +19,7 @@ from prefect.logging import get_run_logger
 from pydantic import BaseModel, Field
 
 from clients.ocr.models import DocumentText
-from clients.storage import ObjectExistsError, join_uri, store_for
+from clients.storage import join_uri, store_for
 from inference.contract import JobManifest, PredictionSummary
 from tasks.plan import AgentUsage, Findings, RunPlan
 from tasks.prediction_plot import plot_predictions_vs_query
@@ -143,38 +143,28 @@ def render_markdown(report: AnalysisReport) -> str:
     return "\n".join(lines)
 
 
-def _put_once(data: bytes, uri: str) -> str:
-    """Create-only write that tolerates finding the identical bytes from an earlier attempt of this run."""
-    store = store_for(uri)
-    try:
-        return store.put_bytes(data, uri).uri
-    except ObjectExistsError:
-        if store.get_bytes(uri) == data:
-            return uri
-        raise
-
-
 @task(name="publish-report", cache_policy=INPUTS, persist_result=True)
 def publish_report(report: AnalysisReport, query_uri: str, predictions_uri: str, report_prefix: str) -> AnalysisReport:
     """Plot, write the report files beside the outputs, and show the report on the run page."""
     logger = get_run_logger()
+    store = store_for(report_prefix)
     with tempfile.TemporaryDirectory(prefix="stackflows-report-") as tmp:
         tmpdir = Path(tmp)
         query = ad.read_h5ad(store_for(query_uri).get_file(query_uri, tmpdir / "query.h5ad"))
         predictions = ad.read_h5ad(store_for(predictions_uri).get_file(predictions_uri, tmpdir / "predictions.h5ad"))
-        query = query[query.obs_names.isin(predictions.obs["query_cell"] if "query_cell" in predictions.obs else predictions.obs_names)]
+        query = query[query.obs_names.isin(predictions.obs["query_cell"])]  # the cells that were generated
         png = plot_predictions_vs_query(query, predictions, "split_value", tmpdir / "predictions_vs_query.png")
-        plot_uri = _put_once(png.read_bytes(), join_uri(report_prefix, "predictions_vs_query.png"))
+        plot_uri = store.put_bytes_once(png.read_bytes(), join_uri(report_prefix, "predictions_vs_query.png"))
 
     files = {"report_markdown": "report.md", "report_html": "report.html", "report_json": "report.json"}
     outputs = {**report.outputs, "plot": plot_uri, **{k: join_uri(report_prefix, v) for k, v in files.items()}}
     report = report.model_copy(update={"outputs": outputs})
 
     text = render_markdown(report)
-    _put_once(text.encode(), outputs["report_markdown"])
     html = f"<!doctype html><meta charset='utf-8'><title>stackflows report</title>\n{md.markdown(text, extensions=['tables'])}"
-    _put_once(html.encode(), outputs["report_html"])
-    _put_once(report.model_dump_json(indent=2).encode(), outputs["report_json"])
+    store.put_bytes_once(text.encode(), outputs["report_markdown"])
+    store.put_bytes_once(html.encode(), outputs["report_html"])
+    store.put_bytes_once(report.model_dump_json(indent=2).encode(), outputs["report_json"])
 
     create_markdown_artifact(text, key="analysis-report", description=report.question[:200])
     create_table_artifact(

@@ -15,7 +15,6 @@ from __future__ import annotations
 import http.client
 import json
 import re
-import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,6 +23,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from gcp_storage_emulator.server import create_server
+
+from deployments.processes import free_port
 
 _UPLOAD_PATH = re.compile(r"^/upload/storage/v1/b/(?P<bucket>[^/]+)/o$")
 _OBJECT_PATH = re.compile(r"^/storage/v1/b/(?P<bucket>[^/]+)/o/(?P<name>[^/]+)$")
@@ -165,12 +166,6 @@ def _handler(proxy: GcsProxy) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @dataclass
 class GcsEmulator:
     url: str  # what STORAGE_EMULATOR_HOST should be: the proxy
@@ -185,7 +180,7 @@ class GcsEmulator:
 @contextmanager
 def gcs_emulator() -> Iterator[GcsEmulator]:
     """The emulator on one loopback port and the enforcing proxy on another."""
-    upstream_port = _free_port()
+    upstream_port = free_port()
     server = create_server("127.0.0.1", upstream_port, in_memory=True)
     server.start()
     proxy = GcsProxy(upstream_port)

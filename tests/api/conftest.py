@@ -19,6 +19,7 @@ from api.settings import ApiSettings
 from clients.settings import Settings
 from flows.models import AnalysisRequest
 from deployments.processes import free_port
+from tests.api.schema_deployment import register_schema_deployment
 
 TOKEN = "test-token-5c1e"
 DEPLOYMENT = "analysis-run/api-test"
@@ -41,35 +42,10 @@ class ApiServer:
         return AnalysisRequest.model_validate({**body, **overrides}).model_dump(mode="json", exclude_defaults=True)
 
 
-def _analysis_run_signature(request: AnalysisRequest) -> None:
-    """The analysis flow's signature: Prefect derives the deployment's parameter schema from it.
-
-    The API only talks to Prefect's API, so these tests register a deployment with the flow's parameter
-    schema and no worker (runs stay Scheduled) instead of importing the flow and its science stack;
-    tests/e2e runs the real flow behind the real deployment.
-    """
-
-
-async def _register_deployment() -> str:
-    from prefect import get_client
-    from prefect.utilities.callables import parameter_schema
-
-    async with get_client() as client:
-        flow_id = await client.create_flow_from_name(DEPLOYMENT.split("/")[0])
-        deployment_id = await client.create_deployment(
-            flow_id=flow_id,
-            name=DEPLOYMENT.split("/")[1],
-            entrypoint="flows/analysis_run.py:analysis_run",
-            parameter_openapi_schema=parameter_schema(_analysis_run_signature).model_dump_for_openapi(),
-            enforce_parameter_schema=True,
-        )
-    return str(deployment_id)
-
-
 @pytest.fixture(scope="session")
 def api_server(prefect_api: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
     data_dir = tmp_path_factory.mktemp("api-data")
-    deployment_id = asyncio.run(_register_deployment())
+    deployment_id = asyncio.run(register_schema_deployment(DEPLOYMENT))
     settings = Settings(
         data_dir=data_dir, api=ApiSettings(token=TOKEN, deployment=DEPLOYMENT, max_body_bytes=16 * 1024)
     )
