@@ -19,16 +19,16 @@ import secrets
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from clients.settings import get_settings
 from clients.storage import local_path_of
 from deployments.demo_data import prepare_demo_data
-from deployments.local_stack import LocalStack, running_local_stack
+from deployments.local_stack import running_local_stack
 
 PREFERRED_PORT = 4200  # Prefect's usual port, when it is free
 RUN_TIMEOUT_S = 900
-FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 UNTRAINED_CHECKPOINT = "stack-untrained-tiny.ckpt"
 
 
@@ -68,26 +68,20 @@ def passed_through_env() -> dict[str, str]:
     }
 
 
-def follow(stack: LocalStack, run_id: str) -> dict:
-    """Print the run's state and progress as they change; return the final view."""
-    seen = None
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    with stack.api() as api:
-        while time.monotonic() < deadline:
-            run = api.get(f"/runs/{run_id}").json()
-            state = run["state"] or {"type": "PENDING", "name": "Pending"}
-            progress = run.get("progress")
-            line = f"  {state['name']}" + (f" - {progress['percent']:.0f}% of the GPU job" if progress else "")
-            if line != seen:
-                print(line, flush=True)
-                seen = line
-            if state["type"] in FINAL:
-                return run
-            for process in stack.processes:
-                if process.popen.poll() is not None:
-                    raise RuntimeError(f"{process.name} exited:\n{process.tail()}")
-            time.sleep(1)
-    raise TimeoutError(f"run {run_id} did not finish within {RUN_TIMEOUT_S} s; see {stack.home / 'logs'}")
+def print_changes() -> Callable[[dict], None]:
+    """An ``on_view`` for LocalStack.wait_for_run that prints the run's state and progress as they change."""
+    last = ""
+
+    def show(run: dict) -> None:
+        nonlocal last
+        state = run["state"] or {"name": "Pending"}
+        progress = run.get("progress")
+        line = f"  {state['name']}" + (f" - {progress['percent']:.0f}% of the GPU job" if progress else "")
+        if line != last:
+            print(line, flush=True)
+            last = line
+
+    return show
 
 
 def report_link(run: dict) -> str | None:
@@ -119,7 +113,7 @@ def main() -> int:
         run = created.json()
         print(f"Run {run['name']} ({run['id']}) created through POST /runs\n  UI: {run['ui_url']}", flush=True)
 
-        final = follow(stack, run["id"])
+        final = stack.wait_for_run(run["id"], timeout=RUN_TIMEOUT_S, on_view=print_changes())
         if final["state"]["type"] != "COMPLETED":
             print(f"The run ended {final['state']['name']}: {final['state']['message']}", file=sys.stderr)
             print(f"Worker log: {stack.home / 'logs' / 'worker.log'}", file=sys.stderr)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +22,7 @@ from deployments.processes import Process, free_port, start, wait_until
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 LOCAL_POOL = "stackflows-local"
 SERVER_START_S = 120  # a cold `prefect server start` on a busy 2-core machine
+FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
 
 
 @dataclass
@@ -43,6 +44,28 @@ class LocalStack:
         token = self.api_token if token == "" else token
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return httpx.Client(base_url=self.api_url, headers=headers, timeout=30)
+
+    def wait_for_run(
+        self,
+        run_id: str,
+        states: frozenset[str] = FINAL_STATES,
+        timeout: float = 300,
+        on_view: Callable[[dict], None] | None = None,
+    ) -> dict:
+        """Poll GET /runs/{id} until the run's state type is one of ``states``; returns that view.
+
+        ``on_view`` sees every view on the way (the demo prints state and progress from it). Fails
+        naming the run when ``timeout`` passes or one of the stack's processes exits.
+        """
+        with self.api() as api:
+
+            def reached() -> dict | None:
+                run = api.get(f"/runs/{run_id}").json()
+                if on_view is not None:
+                    on_view(run)
+                return run if run["state"] and run["state"]["type"] in states else None
+
+            return wait_until(reached, timeout, f"run {run_id} to reach {sorted(states)}", watch=self.processes)
 
     def setup(self) -> str:
         """``python -m deployments.setup local`` against this stack's server; returns its output."""

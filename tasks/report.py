@@ -23,6 +23,7 @@ from clients.storage import join_uri, store_for
 from inference.contract import JobManifest, PredictionSummary
 from tasks.plan import AgentUsage, Findings, RunPlan
 from tasks.prediction_plot import plot_predictions_vs_query
+from tasks.staging import local_input
 
 
 class JobFigures(BaseModel):
@@ -148,12 +149,13 @@ def publish_report(report: AnalysisReport, query_uri: str, predictions_uri: str,
     """Plot, write the report files beside the outputs, and show the report on the run page."""
     logger = get_run_logger()
     store = store_for(report_prefix)
+    # local_input: the file itself when local; remote ones come from the download cache that
+    # validation already filled for the query.
+    query = ad.read_h5ad(local_input(query_uri))
+    predictions = ad.read_h5ad(local_input(predictions_uri))
+    query = query[query.obs_names.isin(predictions.obs["query_cell"])]  # the cells that were generated
     with tempfile.TemporaryDirectory(prefix="stackflows-report-") as tmp:
-        tmpdir = Path(tmp)
-        query = ad.read_h5ad(store_for(query_uri).get_file(query_uri, tmpdir / "query.h5ad"))
-        predictions = ad.read_h5ad(store_for(predictions_uri).get_file(predictions_uri, tmpdir / "predictions.h5ad"))
-        query = query[query.obs_names.isin(predictions.obs["query_cell"])]  # the cells that were generated
-        png = plot_predictions_vs_query(query, predictions, "split_value", tmpdir / "predictions_vs_query.png")
+        png = plot_predictions_vs_query(query, predictions, "split_value", Path(tmp) / "predictions_vs_query.png")
         plot_uri = store.put_bytes_once(png.read_bytes(), join_uri(report_prefix, "predictions_vs_query.png"))
 
     files = {"report_markdown": "report.md", "report_html": "report.html", "report_json": "report.json"}

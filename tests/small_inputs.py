@@ -13,6 +13,23 @@ class Inputs:
     gene_list: Path
     checkpoint: Path
 
+    def request_body(self, question: str, **overrides: object) -> dict:
+        """An analysis request on these inputs with an explicit plan (B cells as the context for
+        monocytes, 2 steps), so no agent key is needed; ``overrides`` replace fields."""
+        h5ad = self.h5ad.as_uri()
+        body = {
+            "question": question,
+            "prompt_uri": h5ad,
+            "query_uri": h5ad,
+            "gene_list_uri": self.gene_list.as_uri(),
+            "checkpoint_uri": self.checkpoint.as_uri(),
+            "split_column": "bulk_labels",
+            "split_values": ["CD19+ B"],
+            "query_obs_filter": {"bulk_labels": ["CD14+ Monocyte"]},
+            "num_steps": 2,
+        }
+        return {**body, **overrides}
+
 
 def make_inputs(directory: Path) -> Inputs:
     """120 cells of pbmc68k as counts (B cells, monocytes, NK), its gene list, a tiny checkpoint."""

@@ -13,12 +13,10 @@ from dataclasses import dataclass
 import pytest
 
 from deployments.local_stack import LocalStack, running_local_stack
-from deployments.processes import wait_until
 from tests.postgres_server import postgres_bin_dir, running_postgres
 from tests.small_inputs import Inputs, make_inputs
 
 TOKEN = "e2e-token-0b7d"
-RUN_TIMEOUT_S = 300
 
 
 @dataclass
@@ -28,31 +26,8 @@ class System(LocalStack):
     inputs: Inputs | None = None
 
     def request(self, question: str, **overrides: object) -> dict:
-        """An analysis request with an explicit plan, so no agent key is needed."""
         assert self.inputs is not None
-        h5ad = self.inputs.h5ad.as_uri()
-        body = {
-            "question": question,
-            "prompt_uri": h5ad,
-            "query_uri": h5ad,
-            "gene_list_uri": self.inputs.gene_list.as_uri(),
-            "checkpoint_uri": self.inputs.checkpoint.as_uri(),
-            "split_column": "bulk_labels",
-            "split_values": ["CD19+ B"],
-            "query_obs_filter": {"bulk_labels": ["CD14+ Monocyte"]},
-            "num_steps": 2,
-        }
-        return {**body, **overrides}
-
-    def wait_for_run(self, run_id: str, states: set[str], timeout: float = RUN_TIMEOUT_S) -> dict:
-        """Poll GET /runs/{id} until the run's state type is one of ``states``."""
-        with self.api() as api:
-
-            def reached() -> dict | None:
-                run = api.get(f"/runs/{run_id}").json()
-                return run if run["state"] and run["state"]["type"] in states else None
-
-            return wait_until(reached, timeout, f"run {run_id} to reach {states}", watch=self.processes)
+        return self.inputs.request_body(question, **overrides)
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])

@@ -10,7 +10,6 @@ import httpx
 import pytest
 
 from deployments.local_stack import LocalStack, running_local_stack
-from deployments.processes import wait_until
 from tests.fake_anthropic_api import FakeMessagesAPI, text, tool_use
 from tests.small_inputs import Inputs, make_inputs
 
@@ -18,7 +17,6 @@ pytestmark = pytest.mark.e2e
 
 ANTHROPIC_KEY = "sk-ant-e2e-Zq81XbW3-never-print-me"
 TOKEN = "e2e-secret-token-4c9d1e"
-FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 PLAN = {
     "split_column": "bulk_labels",
     "split_values": ["CD19+ B"],
@@ -57,10 +55,7 @@ def test_no_key_or_token_in_logs_artifacts_parameters_or_reports(
     }
     with local.api() as api:
         run_id = api.post("/runs", json=body).json()["id"]
-        done = wait_until(
-            lambda: (r := api.get(f"/runs/{run_id}").json())["state"] and r["state"]["type"] in FINAL and r,
-            300, "the run to finish", watch=local.processes,
-        )
+    done = local.wait_for_run(run_id)
     assert done["state"]["type"] == "COMPLETED", done["state"]
     sent_keys = [
         r.headers.get("x-api-key") or r.headers.get("authorization", "").removeprefix("Bearer ")

@@ -52,21 +52,6 @@ def soak(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalStack,
         yield stack, inputs
 
 
-def request_body(inputs: Inputs, i: int) -> dict:
-    h5ad = inputs.h5ad.as_uri()
-    return {
-        "question": f"Soak run {i}: how do monocytes look among B cells?",  # distinct runs, identical jobs
-        "prompt_uri": h5ad,
-        "query_uri": h5ad,
-        "gene_list_uri": inputs.gene_list.as_uri(),
-        "checkpoint_uri": inputs.checkpoint.as_uri(),
-        "split_column": "bulk_labels",
-        "split_values": ["CD19+ B"],
-        "query_obs_filter": {"bulk_labels": ["CD14+ Monocyte"]},
-        "num_steps": 2,
-    }
-
-
 def drive_to_completion(stack: LocalStack, bodies: list[dict]) -> tuple[dict[str, dict], Counter]:
     """Trigger the runs, at most ``IN_FLIGHT`` at a time, and retry every run that fails or crashes
     (as a user would from the dashboard) until all complete. Returns the final views and retries."""
@@ -126,7 +111,11 @@ def test_twenty_runs_each_faulted_once_and_retried_submit_twenty_gpu_jobs_and_lo
     soak: tuple[LocalStack, Inputs], capsys: pytest.CaptureFixture
 ) -> None:
     stack, inputs = soak
-    finished, retries = drive_to_completion(stack, [request_body(inputs, i) for i in range(RUNS)])
+    finished, retries = drive_to_completion(stack, [
+        # distinct questions: distinct runs with identical GPU jobs
+        inputs.request_body(f"Soak run {i}: how do monocytes look among B cells?")
+        for i in range(RUNS)
+    ])
     run_ids = list(finished)
     assert len(run_ids) == RUNS
     submissions = len(gpu_jobs(stack.data_dir))

@@ -24,17 +24,11 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Inputs:
 
 
 def request_for(inputs: Inputs, **overrides: object) -> AnalysisRequest:
-    body = {
-        "question": "How do monocytes look among B cells?",
-        "prompt_uri": inputs.h5ad.as_uri(),
-        "query_uri": str(inputs.h5ad),  # a plain path works too
-        "gene_list_uri": inputs.gene_list.as_uri(),
-        "checkpoint_uri": inputs.checkpoint.as_uri(),
-        "split_column": "bulk_labels",
-        "split_values": ["CD19+ B", "CD56+ NK"],
-        "query_obs_filter": {"bulk_labels": ["CD14+ Monocyte"]},
-        "num_steps": 2,
-    }
+    body = inputs.request_body(
+        "How do monocytes look among B cells?",
+        query_uri=str(inputs.h5ad),  # a plain path works too
+        split_values=["CD19+ B", "CD56+ NK"],
+    )
     return AnalysisRequest.model_validate({**body, **overrides})
 
 
