@@ -7,9 +7,10 @@ Runs ``gcp-storage-emulator`` in this process on 127.0.0.1 and uploads one h5ad 
 
 * baseline: ``bucket.blob(name).upload_from_filename(path)`` with the library's defaults
   (no precondition, its own crc32c, 100 MiB chunks);
-* staging: ``put_content_addressed``, what the ``stage-input`` task runs minus Prefect's
-  bookkeeping: sha256 + crc32c in one pass, an existence check at ``inputs/<sha256>/``, then a
-  create-only resumable upload with the crc32c sent along and compared afterwards;
+* staging: ``put_content_addressed`` on a file nobody has hashed yet (how model files are staged):
+  the file read into upload-sized chunks while a second thread hashes it (``read_ahead``), an
+  existence check at ``inputs/<sha256>/``, then a create-only resumable upload of the held chunks
+  with the crc32c sent along and compared afterwards;
 * in the flow: ``validate-input`` computes the hash on a second thread beside its matrix scan
   (``validate_with_digest``), so ``stage-input`` finds it in the digest cache and only checks and
   uploads. Compared with validating (``validate_h5ad``) and then uploading plainly.
@@ -130,7 +131,7 @@ def main() -> None:
     line(
         "staging from scratch (hash + upload)",
         "stage",
-        "sha256+crc32c pass, exists check, create-only upload, crc32c compare",
+        "hash while reading ahead, exists check, create-only upload, crc32c compare",
     )
     print(
         f"staging-from-scratch/plain throughput ratio: {med['plain'] / med['stage']:.2f} "

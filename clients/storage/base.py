@@ -8,11 +8,13 @@ and what is read back is checked against what was written.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel
 
-from clients.storage.digests import FileDigest
+from clients.storage.digests import FileDigest, digest_file
 
 
 class ObjectExistsError(FileExistsError):
@@ -30,6 +32,14 @@ class StoredObject(BaseModel):
     uploaded: bool  # False when an identical object was already there
 
 
+@dataclass(frozen=True)
+class PreparedUpload:
+    """A local file, hashed, ready to be written to a URI chosen from its hash (``ObjectStore.prepare_upload``)."""
+
+    digest: FileDigest
+    put: Callable[[str], StoredObject]  # create-only, like ``put_file``
+
+
 class ObjectStore(ABC):
     """One storage system (a directory tree, a GCS bucket) reached through URIs."""
 
@@ -40,6 +50,15 @@ class ObjectStore(ABC):
         ``digest`` (from ``clients.storage.digests``) saves re-reading a file the caller has hashed;
         the write fails if the file no longer matches it.
         """
+
+    def prepare_upload(self, local_path: Path, digest: FileDigest | None = None) -> PreparedUpload:
+        """Hash ``local_path`` (unless ``digest`` is known) for an upload whose URI depends on the hash.
+
+        A store may read the file ahead here, so that ``put`` does not read it a second time.
+        """
+        path = Path(local_path)
+        digest = digest or digest_file(path)
+        return PreparedUpload(digest, lambda uri: self.put_file(path, uri, digest=digest))
 
     @abstractmethod
     def put_bytes(self, data: bytes, uri: str) -> StoredObject:

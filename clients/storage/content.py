@@ -12,7 +12,7 @@ from pathlib import Path
 
 from clients.storage import store_for
 from clients.storage.base import ObjectExistsError, ObjectNotFoundError, StoredObject
-from clients.storage.digests import FileDigest, digest_file_cached
+from clients.storage.digests import FileDigest, cached_digest, file_identity, remember_digest
 from clients.storage.uris import join_uri
 
 INPUTS_PREFIX = "inputs"
@@ -36,20 +36,26 @@ def put_content_addressed(
 ) -> StoredObject:
     """Store ``local_path`` under its sha256 below ``root``; ``uploaded=False`` if it was already there.
 
-    ``digest_cache_dir`` remembers digests by file stat so an unchanged file is not re-read.
+    ``digest_cache_dir`` remembers digests by file stat so an unchanged file is not re-read. With no
+    digest known, the store hashes the file and may read it ahead for the upload meanwhile
+    (``ObjectStore.prepare_upload``).
     """
     local_path = Path(local_path)
-    digest = digest or digest_file_cached(local_path, digest_cache_dir)
-    uri = content_uri(root, digest.sha256, filename or local_path.name)
-    store = store_for(uri)
-    present = _present(store, uri, digest)
+    store = store_for(root)
+    identity = file_identity(local_path)
+    known = digest or cached_digest(local_path, digest_cache_dir)
+    upload = store.prepare_upload(local_path, known)
+    if known is None:
+        remember_digest(local_path, digest_cache_dir, upload.digest, identity)
+    uri = content_uri(root, upload.digest.sha256, filename or local_path.name)
+    present = _present(store, uri, upload.digest)
     if present is not None:
         return present
     try:
-        return store.put_file(local_path, uri, digest=digest)
+        return upload.put(uri)
     except ObjectExistsError:
         # Someone (or an earlier attempt of this call) stored it first: same name, same bytes.
-        present = _present(store, uri, digest)
+        present = _present(store, uri, upload.digest)
         if present is None:
             raise
         return present

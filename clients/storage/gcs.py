@@ -5,7 +5,8 @@ so retries are safe and nothing is ever overwritten. Large files go up as resuma
 chunks of a multiple of 256 KiB; the file's crc32c is sent with the upload (GCS rejects a
 mismatch) and compared again with what the server reports afterwards. Downloads are checked
 against the object's crc32c before they are moved into place. Transient errors (429, 5xx,
-connection resets) are retried with google-api-core's ``Retry``.
+connection resets) are retried with google-api-core's ``Retry``. A large file to be stored under
+its own hash (``prepare_upload``) is read into memory while it is hashed, so it is read only once.
 
 The client is a plain ``storage.Client``: with ``STORAGE_EMULATOR_HOST`` set it talks, anonymously,
 to that emulator instead of Google.
@@ -17,10 +18,12 @@ to that emulator instead of Google.
 from __future__ import annotations
 
 import hashlib
+import mimetypes
 import os
 import tempfile
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
+from typing import BinaryIO
 
 from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry
@@ -28,8 +31,9 @@ from google.cloud import storage
 from google.cloud.storage.exceptions import DataCorruption
 from google.cloud.storage.retry import DEFAULT_RETRY
 
-from clients.storage.base import ObjectExistsError, ObjectNotFoundError, ObjectStore, StoredObject
+from clients.storage.base import ObjectExistsError, ObjectNotFoundError, ObjectStore, PreparedUpload, StoredObject
 from clients.storage.digests import FileDigest, crc32c_b64, crc32c_of_file, digest_file
+from clients.storage.read_ahead import ReadAhead, read_ahead
 from clients.storage.uris import split_gs_uri
 
 CHUNK_QUANTUM = 256 * 1024  # GCS requires resumable chunks to be multiples of 256 KiB
@@ -39,6 +43,10 @@ RESUMABLE_THRESHOLD = 8 * 1024 * 1024  # above this a file goes up in chunks (th
 def round_chunk_size(nbytes: int) -> int:
     """The nearest multiple of 256 KiB at or below ``nbytes`` (at least 256 KiB)."""
     return max(CHUNK_QUANTUM, nbytes // CHUNK_QUANTUM * CHUNK_QUANTUM)
+
+
+def _content_type(path: Path) -> str | None:
+    return mimetypes.guess_type(path.name)[0]
 
 
 class ChecksumMismatchError(IOError):
@@ -54,27 +62,53 @@ class GcsStore(ObjectStore):
         *,
         chunk_size: int = 16 * 1024 * 1024,
         retry: Retry = DEFAULT_RETRY,
+        read_ahead_bytes: int = 512 * 1024 * 1024,
     ) -> None:
         self.client = client
         self.chunk_size = round_chunk_size(chunk_size)
         self.retry = retry
+        self.read_ahead_bytes = read_ahead_bytes
 
     # -- writes ---------------------------------------------------------------------------------
 
     def put_file(self, local_path: Path, uri: str, digest: FileDigest | None = None) -> StoredObject:
-        """Upload a file create-only. ``digest`` skips re-hashing when the caller already has it.
+        """Upload a file create-only. ``digest`` skips re-hashing when the caller already has it."""
+        local_path = Path(local_path)
+        digest = digest or digest_file(local_path)
+        with open(local_path, "rb") as stream:
+            return self._put_stream(stream, uri, digest, content_type=_content_type(local_path))
 
-        Large files: the crc32c computed in the hashing pass is sent with the upload, so the server
-        rejects anything else, and compared with the server's afterwards; the library's own
-        per-chunk checksum is then redundant and left off (it would read the file a second time).
+    def prepare_upload(self, local_path: Path, digest: FileDigest | None = None) -> PreparedUpload:
+        """Hash a file for an upload named by its hash, reading it into memory meanwhile (see read_ahead).
+
+        Only large files with no known digest are read ahead, up to ``read_ahead_bytes``; the held
+        bytes live as long as the returned upload does.
         """
-        digest = digest or digest_file(Path(local_path))
+        path = Path(local_path)
+        if digest is not None or path.stat().st_size <= RESUMABLE_THRESHOLD or self.read_ahead_bytes < self.chunk_size:
+            return super().prepare_upload(path, digest)
+        held = read_ahead(path, self.chunk_size, self.read_ahead_bytes)
+        return PreparedUpload(held.digest, partial(self._put_read_ahead, held))
+
+    def _put_read_ahead(self, held: ReadAhead, uri: str) -> StoredObject:
+        with held.open() as stream:
+            return self._put_stream(stream, uri, held.digest, content_type=_content_type(held.path))
+
+    def _put_stream(self, stream: BinaryIO, uri: str, digest: FileDigest, content_type: str | None) -> StoredObject:
+        """Upload ``digest.size`` bytes from ``stream`` create-only, checked against ``digest.crc32c``.
+
+        Large files: the crc32c is sent with the upload, so the server rejects anything else, and
+        compared with the server's afterwards; the library's own per-chunk checksum is then
+        redundant and left off (it would read the data a second time).
+        """
         resumable = digest.size > RESUMABLE_THRESHOLD
         blob = self._blob(uri, chunk_size=self.chunk_size if resumable else None)
         blob.metadata = {"sha256": digest.sha256}
         with self._errors(uri):
-            blob.upload_from_filename(
-                str(local_path),
+            blob.upload_from_file(
+                stream,
+                size=digest.size,
+                content_type=content_type,
                 if_generation_match=0,
                 checksum=None if resumable else "crc32c",
                 crc32c_checksum_value=digest.crc32c if resumable else None,
@@ -207,11 +241,14 @@ def _client(project: str | None, emulator_host: str | None) -> storage.Client:
 
 
 def gcs_store_from_settings() -> GcsStore:
-    """A GcsStore configured from ``STACKFLOWS_STORAGE__*`` (project, chunk size)."""
+    """A GcsStore configured from ``STACKFLOWS_STORAGE__*`` (project, chunk size, retry, read-ahead)."""
     from clients.settings import get_settings
 
     cfg = get_settings().storage
     client = _client(cfg.project, os.environ.get("STORAGE_EMULATOR_HOST"))
     return GcsStore(
-        client, chunk_size=cfg.chunk_size_mb * 1024 * 1024, retry=DEFAULT_RETRY.with_timeout(cfg.retry_timeout_s)
+        client,
+        chunk_size=cfg.chunk_size_mb * 1024 * 1024,
+        retry=DEFAULT_RETRY.with_timeout(cfg.retry_timeout_s),
+        read_ahead_bytes=cfg.read_ahead_mb * 1024 * 1024,
     )
