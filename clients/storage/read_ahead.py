@@ -3,10 +3,12 @@
 A content-addressed upload cannot start before the file's sha256 is known: the hash is part of the
 object's name. Hashing first and then uploading reads the file twice, and the upload's read is not
 cheap: the storage library reads every chunk into a fresh bytes object of the chunk's size, which
-costs about as much as the hash itself. So here both reads run side by side: a helper thread hashes
-the file through a memory map (no copy) while this thread reads it in upload-sized chunks and
-computes their crc32c. The upload then sends those chunks as they are. At most ``max_bytes`` are
-held; the rest of a larger file is crc32c'd now and read from disk again by the upload.
+costs about as much as the hash itself (page faults on every fresh chunk). So here both reads run
+side by side: a helper thread hashes the file through one small reused buffer while this thread
+reads it in upload-sized chunks and computes their crc32c. The upload then sends those chunks as
+they are. At most ``max_bytes`` are held; the rest of a larger file is crc32c'd now and read from
+disk again by the upload (the server refuses it if it no longer matches). A write to the file
+while it is read changes its identity (ctime) and is refused with ``FileChangedError``.
 
     held = read_ahead(Path("cells.h5ad"), chunk_size=16 * 2**20, max_bytes=512 * 2**20)
     held.digest.sha256           # names the object
@@ -19,7 +21,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import mmap
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +53,7 @@ def read_ahead(path: Path, chunk_size: int, max_bytes: int) -> ReadAhead:
     crc = google_crc32c.Checksum()
     size = 0
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256") as pool, open(path, "rb") as fh:
-        sha256 = pool.submit(_sha256_mapped, path)
+        sha256 = pool.submit(_sha256, path)
         while size + chunk_size <= max_bytes and (chunk := fh.read(chunk_size)):
             chunks.append(chunk)
             crc.update(chunk)
@@ -66,12 +67,9 @@ def read_ahead(path: Path, chunk_size: int, max_bytes: int) -> ReadAhead:
     return ReadAhead(path=path, digest=digest, chunk_size=chunk_size, chunks=tuple(chunks))
 
 
-def _sha256_mapped(path: Path) -> str:
+def _sha256(path: Path) -> str:
     with open(path, "rb") as fh:
-        if fh.seek(0, io.SEEK_END) == 0:
-            return hashlib.sha256().hexdigest()
-        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            return hashlib.sha256(mapped).hexdigest()  # releases the GIL for the whole pass
+        return hashlib.file_digest(fh, "sha256").hexdigest()  # one small reused buffer; releases the GIL
 
 
 class ReadAheadStream(io.RawIOBase):
