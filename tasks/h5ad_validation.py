@@ -18,7 +18,7 @@ import pickle
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -107,6 +107,21 @@ class DatasetFacts(BaseModel):
         return next((c for c in self.obs_columns if c.name == name), None)
 
 
+@contextmanager
+def _failures_reported(path: str | Path, problem: str, fix: str) -> Iterator[None]:
+    """Any error inside becomes ``InputValidationError(path, "<problem> (<error>)", fix)``.
+
+    For reads whose every failure is the input's fault: h5py, anndata and pickle raise many kinds
+    for damaged files, and the user needs the same message whichever it was.
+    """
+    try:
+        yield
+    except InputValidationError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - see above
+        raise InputValidationError(path, f"{problem} ({type(exc).__name__}: {exc})", fix) from None
+
+
 # -- the gene list ---------------------------------------------------------------------------------
 
 
@@ -115,26 +130,21 @@ def read_gene_list(path: str | Path) -> list[str]:
 
     Only unpickle gene lists you trust (the one named in your settings): pickle can run code.
     """
-    try:
-        with open(path, "rb") as fh:
-            genes = pickle.load(fh)
-    except FileNotFoundError:
+    if not Path(path).exists():
         raise InputValidationError(
             path, "gene list file not found", "point the model's gene_list_uri at the pickled gene list"
-        ) from None
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same to the user
-        raise InputValidationError(
-            path,
-            f"not a readable pickled gene list ({type(exc).__name__}: {exc})",
-            "use the gene list pickle shipped with the checkpoint",
-        ) from None
+        )
+    shipped = "use the gene list pickle shipped with the checkpoint"
+    with _failures_reported(path, "not a readable pickled gene list", shipped):  # any unpickling failure
+        with open(path, "rb") as fh:
+            genes = pickle.load(fh)
     if isinstance(genes, (np.ndarray, pd.Index, pd.Series, tuple)):
         genes = list(genes)
     if not isinstance(genes, list) or not genes or not all(isinstance(g, str) for g in genes):
         raise InputValidationError(
             path,
             "the gene list must be a non-empty pickled list of gene symbol strings",
-            "use the gene list pickle shipped with the checkpoint",
+            shipped,
         )
     return [g.upper() for g in genes]
 
@@ -253,14 +263,9 @@ def _probe_metadata(path: Path, timeout_s: float) -> list[str]:
 
 
 def _open_backed(path: Path) -> ad.AnnData:
-    try:
+    rewrite = "re-write it with a current anndata (adata.write_h5ad(path))"
+    with _failures_reported(path, "AnnData cannot read it", rewrite):  # anndata raises many kinds
         return ad.read_h5ad(path, backed="r")
-    except Exception as exc:  # noqa: BLE001 - anndata raises many kinds for malformed files
-        raise InputValidationError(
-            path,
-            f"AnnData cannot read it ({type(exc).__name__}: {exc})",
-            "re-write it with a current anndata (adata.write_h5ad(path))",
-        ) from None
 
 
 def _validate_open(
@@ -315,20 +320,14 @@ def _validate_open(
     )
 
 
-@contextmanager
-def _reading(path: Path, what: str) -> Iterator[None]:
+def _reading(path: Path, what: str) -> AbstractContextManager[None]:
     """Reads of an opened file's matrices: damage HDF5 finds only now (a bad attribute, a data
     address past the end) becomes an InputValidationError instead of h5py's RuntimeError/OSError."""
-    try:
-        yield
-    except InputValidationError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - h5py and anndata raise many kinds for damaged files
-        raise InputValidationError(
-            path,
-            f"{what} cannot be read, the file is damaged ({type(exc).__name__}: {exc})",
-            "copy or download the file again; if it persists, re-write it with adata.write_h5ad(path)",
-        ) from None
+    return _failures_reported(
+        path,
+        f"{what} cannot be read, the file is damaged",
+        "copy or download the file again; if it persists, re-write it with adata.write_h5ad(path)",
+    )
 
 
 def _matrices(adata: ad.AnnData) -> dict[CountsLocation, object]:
