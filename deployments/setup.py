@@ -53,7 +53,6 @@ DEPLOYMENTS: dict[Environment, list[str]] = {
     "local": ["local", "nightly-canary"],
     "gcp": ["cloud-run", "nightly-canary-cloud"],
 }
-GPU_LIMIT = GPU_CONCURRENCY_LIMIT
 GPU_LIMIT_SLOTS = 2
 RESULTS_BLOCK = "stackflows-results"
 ANTHROPIC_SECRET_BLOCK = "anthropic-api-key"
@@ -137,14 +136,18 @@ def flow_run_env(settings: Settings) -> dict[str, str]:
 async def ensure_gpu_limit(client: PrefectClient, slots: int = GPU_LIMIT_SLOTS) -> Change:
     """A global concurrency limit the GPU job tasks take a slot of, so jobs queue instead of piling up."""
     try:
-        limit = await client.read_global_concurrency_limit_by_name(GPU_LIMIT)
+        limit = await client.read_global_concurrency_limit_by_name(GPU_CONCURRENCY_LIMIT)
     except ObjectNotFound:
-        await client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=GPU_LIMIT, limit=slots))
-        return Change("concurrency limit", GPU_LIMIT, "created")
+        await client.create_global_concurrency_limit(
+            GlobalConcurrencyLimitCreate(name=GPU_CONCURRENCY_LIMIT, limit=slots)
+        )
+        return Change("concurrency limit", GPU_CONCURRENCY_LIMIT, "created")
     if limit.limit == slots and limit.active:
-        return Change("concurrency limit", GPU_LIMIT, "unchanged")
-    await client.update_global_concurrency_limit(GPU_LIMIT, GlobalConcurrencyLimitUpdate(limit=slots, active=True))
-    return Change("concurrency limit", GPU_LIMIT, "updated")
+        return Change("concurrency limit", GPU_CONCURRENCY_LIMIT, "unchanged")
+    await client.update_global_concurrency_limit(
+        GPU_CONCURRENCY_LIMIT, GlobalConcurrencyLimitUpdate(limit=slots, active=True)
+    )
+    return Change("concurrency limit", GPU_CONCURRENCY_LIMIT, "updated")
 
 
 # --- blocks -------------------------------------------------------------------------------------

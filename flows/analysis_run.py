@@ -15,7 +15,7 @@ twice, the GPU job is polled, not submitted again. Cancelling the run cancels it
 
 # No `from __future__ import annotations` here: Prefect validates the flow's parameters against its
 # annotations, and a flow loaded from its entrypoint (by a worker) cannot resolve them as strings.
-from prefect import flow, get_run_logger
+from prefect import flow
 from prefect.concurrency.sync import concurrency
 from prefect.context import FlowRunContext
 
@@ -24,8 +24,8 @@ from clients.settings import get_settings
 from clients.storage import join_uri
 from flows.faults import fault_point
 from flows.models import AnalysisRequest, merge_obs_required
-from inference.contract import PREDICTIONS_FILE
 from flows.stack_inference import cancel_gpu_jobs_of_flow_run, stack_inference
+from inference.contract import PREDICTIONS_FILE
 from tasks.agent import interpret, plan_run
 from tasks.model_files import resolve_model_files
 from tasks.ocr import ocr_documents
@@ -46,7 +46,6 @@ GPU_SLOT_LEASE_S = 60
 )
 def analysis_run(request: AnalysisRequest) -> AnalysisReport:
     """Answer ``request.question`` with STACK in-context generation; returns the report."""
-    logger = get_run_logger()
     settings = get_settings()
     run_id = str(FlowRunContext.get().flow_run.id)
     run_prefix = join_uri(settings.storage_root, "runs", run_id)
@@ -86,9 +85,7 @@ def analysis_run(request: AnalysisRequest) -> AnalysisReport:
         documents=[document_line(d) for d in documents],
         outputs={"predictions": collected.outputs[PREDICTIONS_FILE], "manifest": collected.manifest_uri},
     )
-    report = publish_report(report, query.uri, report.outputs["predictions"], join_uri(run_prefix, "report"))
-    logger.info("Report: %s", report.outputs["report_markdown"])
-    return report
+    return publish_report(report, query.uri, report.outputs["predictions"], join_uri(run_prefix, "report"))
 
 
 def stage_inputs(request: AnalysisRequest, gene_list_uri: str) -> tuple[StagedInput, StagedInput]:
