@@ -44,11 +44,10 @@ from pathlib import Path
 
 import httpx
 
-from deployments.local_stack import stack_env
-from deployments.processes import Process, free_port, start, wait_until
+from deployments.local_stack import stack_env, start_api, start_prefect_server
+from deployments.processes import Process, free_port
 from tests.api.schema_deployment import register_schema_deployment
 
-PROJECT_DIR = Path(__file__).resolve().parents[1]
 TOKEN = "bench-token-7f3a"
 DEPLOYMENT = "analysis-run/api-bench"
 SERVER_START_S = 180  # a cold `prefect server start` on a busy 2-core machine
@@ -273,21 +272,14 @@ def main() -> int:
 
     processes: list[Process] = []
     try:
-        python = sys.executable
-        server = start(
-            "prefect-server",
-            [python, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
-            env, logs, PROJECT_DIR,
-        )
-        processes.append(server)
         t0 = time.perf_counter()
-        wait_until(lambda: _ok(f"{prefect_url}/health"), SERVER_START_S, "the Prefect server", watch=[server])
+        server = start_prefect_server(prefect_port, env, logs, timeout=SERVER_START_S)
+        processes.append(server)
         print(f"Prefect server up in {time.perf_counter() - t0:.0f} s")
         deployment_id = asyncio.run(register_schema_deployment(DEPLOYMENT))
-        api = start("api", [python, "-m", "api", "--port", str(api_port)], env, logs, PROJECT_DIR)
+        api = start_api(api_port, env, logs)
         processes.append(api)
         api_url = f"http://127.0.0.1:{api_port}"
-        wait_until(lambda: _ok(f"{api_url}/healthz"), 60, "the API", watch=[api])
         sides, runs_on_server = asyncio.run(measure(args, api_url, deployment_id, data_dir))
         ok = report(args, sides, runs_on_server)
         if not ok:
@@ -300,13 +292,6 @@ def main() -> int:
             print(f"kept: {home} (logs/, prefect.db)")
         else:
             shutil.rmtree(home, ignore_errors=True)
-
-
-def _ok(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=5).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 if __name__ == "__main__":

@@ -128,16 +128,8 @@ def running_local_stack(
         home=home, data_dir=data_dir, prefect_url=prefect_url, api_url=f"http://127.0.0.1:{api_port}",
         api_token=api_token, env=env,
     )
-    python = sys.executable
     try:
-        server = start(
-            "prefect-server",
-            [python, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
-            env, logs, PROJECT_DIR,
-        )
-        stack.processes.append(server)
-        wait_until(lambda: _ok(f"{prefect_url}/health"), SERVER_START_S, "the Prefect server", watch=[server])
-
+        stack.processes.append(start_prefect_server(prefect_port, env, logs))
         stack.setup()
 
         # No `--limit`: Prefect 3.8's worker crashes when a run it still holds a slot for is retried
@@ -145,17 +137,39 @@ def running_local_stack(
         # deployments' concurrency limits and the GPU limit bound the work instead.
         worker = start(
             "worker",
-            [python, "-m", "prefect", "worker", "start", "--pool", LOCAL_POOL, "--name", "local"],
+            [sys.executable, "-m", "prefect", "worker", "start", "--pool", LOCAL_POOL, "--name", "local"],
             env, logs, PROJECT_DIR,
         )
-        api = start("api", [python, "-m", "api", "--port", str(api_port)], env, logs, PROJECT_DIR)
-        stack.processes += [worker, api]
-        wait_until(lambda: _ok(f"{stack.api_url}/healthz"), 60, "the API", watch=[api])
+        stack.processes.append(worker)
+        stack.processes.append(start_api(api_port, env, logs))
         wait_until(lambda: _worker_online(prefect_url), 60, "the worker to poll its pool", watch=[worker])
         yield stack
     finally:
         for process in reversed(stack.processes):
             process.stop()
+
+
+def start_prefect_server(port: int, env: dict[str, str], logs: Path, timeout: float = SERVER_START_S) -> Process:
+    """``prefect server start`` on 127.0.0.1:``port``, returned once its health check answers."""
+    command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    server = start("prefect-server", command, env, logs, PROJECT_DIR)
+    _await_health(server, f"http://127.0.0.1:{port}/api/health", timeout, "the Prefect server")
+    return server
+
+
+def start_api(port: int, env: dict[str, str], logs: Path) -> Process:
+    """The HTTP API (``python -m api``) on 127.0.0.1:``port``, returned once its health check answers."""
+    api = start("api", [sys.executable, "-m", "api", "--port", str(port)], env, logs, PROJECT_DIR)
+    _await_health(api, f"http://127.0.0.1:{port}/healthz", 60, "the API")
+    return api
+
+
+def _await_health(process: Process, url: str, timeout: float, what: str) -> None:
+    try:
+        wait_until(lambda: _ok(url), timeout, what, watch=[process])
+    except BaseException:
+        process.stop()  # the caller never gets it, so it cannot stop it
+        raise
 
 
 def _ok(url: str) -> bool:
