@@ -50,7 +50,8 @@ def demo_request(data: Path, gene_list: Path, checkpoint: str | None) -> dict:
 
 def untrained_checkpoint(directory: Path, gene_list: Path) -> Path:
     """A small randomly initialised STACK checkpoint over the demo's genes, built once."""
-    from inference.make_checkpoint import build_checkpoint, read_gene_list
+    from inference.gene_list import read_gene_list
+    from inference.make_checkpoint import build_checkpoint
 
     path = directory / UNTRAINED_CHECKPOINT
     if not path.exists():

@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from inference.contract import MAX_SEED, MAX_STEPS
+
+# Bounds on what a request may name: a run reads every value, the Prefect UI lists them, and none of
+# them needs to be larger to describe a real analysis.
+MAX_URI_CHARS = 2048
+MAX_DOCUMENTS = 20
+MAX_NAMES = 200  # values in a filter or split list, columns in a filter
+Uri = Annotated[str, StringConstraints(min_length=1, max_length=MAX_URI_CHARS)]
+ObsName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 
 
 class AnalysisRequest(BaseModel):
@@ -22,20 +32,34 @@ class AnalysisRequest(BaseModel):
         description="What you want to learn, in plain words.",
         examples=["How would dendritic cells look in the context of monocytes and B cells?"],
     )
-    prompt_uri: str = Field(description="h5ad with the prompt (context) cells: file://, gs:// or a local path.")
-    query_uri: str = Field(description="h5ad with the query cells; may be the same file as the prompt.")
-    gene_list_uri: str | None = Field(default=None, description="Model gene list; default from settings.")
-    checkpoint_uri: str | None = Field(default=None, description="STACK checkpoint; default from settings.")
-    documents: list[str] = Field(
-        default_factory=list, description="Protocols or papers (PDF or image URIs) for the agent to read."
+    prompt_uri: Uri = Field(description="h5ad with the prompt (context) cells: file://, gs:// or a local path.")
+    query_uri: Uri = Field(description="h5ad with the query cells; may be the same file as the prompt.")
+    gene_list_uri: Uri | None = Field(
+        default=None, description="Model gene list (pickled list, .json or .txt of symbols); default from settings."
+    )
+    checkpoint_uri: Uri | None = Field(default=None, description="STACK checkpoint; default from settings.")
+    documents: list[Uri] = Field(
+        default_factory=list,
+        max_length=MAX_DOCUMENTS,
+        description="Protocols or papers (PDF or image URIs) for the agent to read.",
+    )
+    gene_name_column: ObsName | None = Field(
+        default=None,
+        description="var column with the gene symbols, when var_names are other ids (CELLxGENE: feature_name).",
     )
     # Explicit plan fields: when given, the plan uses them as they are.
-    split_column: str | None = Field(default=None, description="Prompt obs column whose values are the contexts.")
-    split_values: list[str] | None = Field(default=None, description="Contexts to generate under.")
-    prompt_obs_filter: dict[str, list[str]] | None = Field(default=None, description="Which prompt cells to use.")
-    query_obs_filter: dict[str, list[str]] | None = Field(default=None, description="Which query cells to use.")
-    num_steps: int | None = Field(default=None, ge=1, le=1000, description="Generation steps.")
-    seed: int = Field(default=0, ge=0)
+    split_column: ObsName | None = Field(default=None, description="Prompt obs column whose values are the contexts.")
+    split_values: list[ObsName] | None = Field(
+        default=None, max_length=MAX_NAMES, description="Contexts to generate under."
+    )
+    prompt_obs_filter: dict[ObsName, list[ObsName]] | None = Field(
+        default=None, max_length=MAX_NAMES, description="Which prompt cells to use."
+    )
+    query_obs_filter: dict[ObsName, list[ObsName]] | None = Field(
+        default=None, max_length=MAX_NAMES, description="Which query cells to use."
+    )
+    num_steps: int | None = Field(default=None, ge=1, le=MAX_STEPS, description="Generation steps.")
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     precision: Literal["fp32", "tf32", "bf16"] = "bf16"
     counts_required: bool = Field(
         default=True,

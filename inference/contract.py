@@ -23,6 +23,12 @@ SUMMARY_FILE = "summary.json"
 MANIFEST_FILE = "manifest.json"
 PROGRESS_FILE = "progress.json"
 
+# Bounds every caller shares (request, plan, job): what the job and Prefect can run. The job seeds
+# numpy with ``seed + step``, which must stay below 2**32; Prefect stores parameters as JSON, where
+# integers past 64 bits break its run list for everyone.
+MAX_STEPS = 1000
+MAX_SEED = 2**32 - 1 - MAX_STEPS
+
 Mode = Literal["generate", "embed"]
 Precision = Literal["fp32", "tf32", "bf16"]
 
@@ -51,10 +57,10 @@ class StackJobSpec(BaseModel):
     split_values: list[str] | None = Field(
         default=None, description="Contexts to generate under; None means every value present."
     )
-    num_steps: int = Field(default=10, ge=1, le=1000)
-    seed: int = Field(default=0, ge=0)
-    batch_size: int = Field(default=8, ge=1)
-    chunk_size: int = Field(default=256, ge=1, description="Query cells generated per chunk.")
+    num_steps: int = Field(default=10, ge=1, le=MAX_STEPS)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
+    batch_size: int = Field(default=8, ge=1, le=4096)
+    chunk_size: int = Field(default=256, ge=1, le=1_000_000, description="Query cells generated per chunk.")
     precision: Precision = "fp32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     output_prefix: str = Field(description="New, empty location (file:// or gs://) for the outputs.")

@@ -24,6 +24,8 @@ from typing import Literal
 
 import torch
 
+from inference.gene_list import read_gene_list
+
 UNTRAINED_MARKER = "stackflows_untrained"
 ModelClass = Literal["ICL_FinetunedModel", "StateICLModel"]
 
@@ -38,15 +40,6 @@ def write_gene_list(genes: Sequence[str], path: Path) -> Path:
     with open(path, "wb") as fh:
         pickle.dump([str(g) for g in genes], fh)
     return path
-
-
-def read_gene_list(path: Path) -> list[str]:
-    """A pickled list (arc-stack's format) or a text file with one symbol per line."""
-    path = Path(path)
-    if path.suffix in {".txt", ".tsv", ".csv"}:
-        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    with open(path, "rb") as fh:
-        return [str(g) for g in pickle.load(fh)]
 
 
 def build_checkpoint(

@@ -54,7 +54,7 @@ from inference.data import (
 )
 from inference.embedding import chunk_cells, embed_cells
 from inference.generation import chunks_in_step, generate_split, plan_steps
-from inference.make_checkpoint import read_gene_list
+from inference.gene_list import GeneListError, read_gene_list
 from inference.progress import ProgressWriter
 from inference.summary import mean_log_cpm, summarize_generation
 
@@ -128,8 +128,12 @@ class StackJob:
         spec = self.spec
         t0 = time.perf_counter()
         self.progress.update("loading", message="reading inputs", force=True)
-        gene_path = fetch(spec.gene_list_uri, self.workdir, field="gene_list_uri", filename="genes.pkl")
-        genes = check_gene_list(read_gene_list(gene_path), source=spec.gene_list_uri)
+        suffix = Path(spec.gene_list_uri).suffix.lower()  # the format (.json, .txt, else pickle) goes by suffix
+        gene_path = fetch(spec.gene_list_uri, self.workdir, field="gene_list_uri", filename=f"genes{suffix}")
+        try:
+            genes = check_gene_list(read_gene_list(gene_path), source=spec.gene_list_uri)
+        except GeneListError as exc:
+            raise InputError(f"gene_list_uri {spec.gene_list_uri}: {exc.problem}; {exc.fix}") from None
         ckpt_path = fetch(spec.checkpoint_uri, self.workdir, field="checkpoint_uri", filename="model.ckpt")
         if ckpt_path.suffix != ".ckpt":  # arc-stack picks the format by suffix: link, never copy or rename
             (self.workdir / "model.ckpt").symlink_to(ckpt_path.resolve())

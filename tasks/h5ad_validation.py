@@ -14,7 +14,6 @@ makes h5py or anndata raise is reported as an InputValidationError.
 from __future__ import annotations
 
 import json
-import pickle
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -27,6 +26,8 @@ import h5py
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
+
+from inference import gene_list
 
 # Values scanned per block: 8M values is 32-64 MB whatever the matrix's shape.
 BLOCK_VALUES = 8 * 1024 * 1024
@@ -111,7 +112,7 @@ class DatasetFacts(BaseModel):
 def _failures_reported(path: str | Path, problem: str, fix: str) -> Iterator[None]:
     """Any error inside becomes ``InputValidationError(path, "<problem> (<error>)", fix)``.
 
-    For reads whose every failure is the input's fault: h5py, anndata and pickle raise many kinds
+    For reads whose every failure is the input's fault: h5py and anndata raise many kinds
     for damaged files, and the user needs the same message whichever it was.
     """
     try:
@@ -126,26 +127,15 @@ def _failures_reported(path: str | Path, problem: str, fix: str) -> Iterator[Non
 
 
 def read_gene_list(path: str | Path) -> list[str]:
-    """The model's gene list: a pickled list of symbols, returned upper-cased.
+    """The model's gene list (a pickled list of symbols, .json or .txt), returned upper-cased.
 
-    Only unpickle gene lists you trust (the one named in your settings): pickle can run code.
+    Read with :mod:`inference.gene_list`, whose unpickler builds only strings and lists: a request
+    may name its own gene list, and nothing it names may run code.
     """
-    if not Path(path).exists():
-        raise InputValidationError(
-            path, "gene list file not found", "point the model's gene_list_uri at the pickled gene list"
-        )
-    shipped = "use the gene list pickle shipped with the checkpoint"
-    with _failures_reported(path, "not a readable pickled gene list", shipped):  # any unpickling failure
-        with open(path, "rb") as fh:
-            genes = pickle.load(fh)
-    if isinstance(genes, (np.ndarray, pd.Index, pd.Series, tuple)):
-        genes = list(genes)
-    if not isinstance(genes, list) or not genes or not all(isinstance(g, str) for g in genes):
-        raise InputValidationError(
-            path,
-            "the gene list must be a non-empty pickled list of gene symbol strings",
-            shipped,
-        )
+    try:
+        genes = gene_list.read_gene_list(path)
+    except gene_list.GeneListError as exc:
+        raise InputValidationError(exc.path, exc.problem, exc.fix) from None
     return [g.upper() for g in genes]
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from clients.llm.usage import AgentUsage
-from inference.contract import Precision, StackJobSpec
+from inference.contract import MAX_SEED, MAX_STEPS, Precision, StackJobSpec
 
 __all__ = ["AgentUsage", "Findings", "ObsFilter", "PlanProposal", "RunPlan"]
 
@@ -36,7 +36,7 @@ class PlanProposal(BaseModel):
         default=None,
         description="Keep query cells whose obs[column] is one of the values (every column must match); null keeps all.",
     )
-    num_steps: int = Field(ge=1, le=1000, description="Generation steps (more is slower; 10 is a sound default).")
+    num_steps: int = Field(ge=1, le=MAX_STEPS, description="Generation steps (more is slower; 10 is a sound default).")
     rationale: str = Field(
         min_length=1, max_length=4000, description="Why these cells and contexts answer the question, in a few sentences."
     )
@@ -52,7 +52,7 @@ class PlanProposal(BaseModel):
 class RunPlan(PlanProposal):
     """The plan a run executes: the proposal, the request's fixed fields and who made it."""
 
-    seed: int = Field(default=0, ge=0)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     precision: Precision = "bf16"
     planned_by: str = Field(
         description='"model <id>" or "offline planner (no ANTHROPIC_API_KEY)": the report says who planned.'

@@ -263,7 +263,7 @@ def test_storage_validation_gene_list_reading(tmp_path: Path) -> None:
     assert read_gene_list(good) == ["CD3E", "MS4A1"]
     with pytest.raises(InputValidationError, match="not a readable pickled gene list"):
         read_gene_list(bad)
-    with pytest.raises(InputValidationError, match="non-empty pickled list"):
+    with pytest.raises(InputValidationError, match="non-empty list of gene symbol strings"):
         read_gene_list(empty)
     with pytest.raises(InputValidationError, match="gene list file not found"):
         read_gene_list(tmp_path / "nope.pkl")
