@@ -32,6 +32,11 @@ class DocumentText(BaseModel):
         """Pages per engine, e.g. ``{"text-layer": 3, "lightonocr": 2}``."""
         return dict(Counter(page.engine for page in self.pages))
 
+    @property
+    def pages_without_text(self) -> list[int]:
+        """Page numbers where no engine found any text: a caveat in the report, never silent."""
+        return [page.page_number for page in self.pages if not page.text.strip()]
+
     def markdown(self) -> str:
         """All pages, each headed by a comment that says which page it is and what read it."""
         name = self.uri.rstrip("/").rsplit("/", 1)[-1]
