@@ -9,6 +9,10 @@ it to the end. The STACK checkpoint is a small *untrained* one unless
 Everything lands under the data directory (``.stackflows/`` by default): inputs, the job, the report
 and the Prefect database, so ``--keep`` (or a later ``prefect server start`` with the printed
 ``PREFECT_HOME``) shows the run in the UI.
+
+While the stack is up, ``.stackflows/local-stack.env`` (mode 0600) holds the API URL and token and the
+Prefect UI URL and login (the server requires its auth string); ``--keep`` also prints them, turns on
+the scheduler (the nightly canary) and waits. Ctrl-C or SIGTERM stops every process the demo started.
 """
 
 from __future__ import annotations
@@ -18,18 +22,18 @@ import os
 import secrets
 import socket
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-from clients.settings import get_settings
+from clients.settings import Settings, get_settings
 from clients.storage import local_path_of
-from deployments.demo_data import prepare_demo_data
-from deployments.local_stack import running_local_stack
+from deployments.demo_data import DemoData, prepare_demo_checkpoint, prepare_demo_data
+from deployments.local_stack import LocalStack, model_env, running_local_stack
+from deployments.processes import interrupted_by_signals
 
 PREFERRED_PORT = 4200  # Prefect's usual port, when it is free
 RUN_TIMEOUT_S = 900
-UNTRAINED_CHECKPOINT = "stack-untrained-tiny.ckpt"
+CREDENTIALS_FILE = "local-stack.env"  # under the data directory, while the stack is up
 
 
 def demo_request(data: Path, gene_list: Path, checkpoint: str | None) -> dict:
@@ -48,16 +52,12 @@ def demo_request(data: Path, gene_list: Path, checkpoint: str | None) -> dict:
     return body
 
 
-def untrained_checkpoint(directory: Path, gene_list: Path) -> Path:
-    """A small randomly initialised STACK checkpoint over the demo's genes, built once."""
-    from inference.gene_list import read_gene_list
-    from inference.make_checkpoint import build_checkpoint
-
-    path = directory / UNTRAINED_CHECKPOINT
-    if not path.exists():
-        print(f"Building a small untrained STACK checkpoint at {path} (no weights can be downloaded here)")
-        build_checkpoint(read_gene_list(gene_list), path)
-    return path
+def default_model_env(settings: Settings, demo: DemoData) -> dict[str, str]:
+    """The worker's model when a run names none (the Prefect UI form's required fields only): the
+    caller's, else the demo's untrained checkpoint and the gene list it was built over."""
+    if settings.model.checkpoint_uri:
+        return {}  # the caller's STACKFLOWS_MODEL__* reach the worker through passed_through_env
+    return model_env(prepare_demo_checkpoint(demo.h5ad.parent, demo.gene_list), demo.gene_list)
 
 
 def passed_through_env() -> dict[str, str]:
@@ -89,63 +89,86 @@ def report_link(run: dict) -> str | None:
     return next((a["link"] for a in run["artifacts"] if a.get("key") == "report-html"), None)
 
 
+def print_access(stack: LocalStack, credentials: Path, show_secrets: bool) -> None:
+    """Where the API and the Prefect UI are and how to log in; the secrets themselves only with --keep."""
+    print(f"API:        {stack.api_url} (docs: {stack.api_url}/docs)")
+    print(f"Prefect UI: {stack.ui_url}")
+    if show_secrets:
+        print(f"  API token (Authorization: Bearer ...): {stack.api_token}")
+        print(f"  Prefect UI login (the password field takes it whole): {stack.auth_string}")
+    print(f"  Token and login for scripts (mode 0600, removed when the stack stops): {credentials}", flush=True)
+
+
+def run_demo(stack: LocalStack, demo: DemoData, checkpoint: str) -> bool:
+    """One analysis through POST /runs, followed to its end; True when it completed."""
+    with stack.api() as api:
+        created = api.post("/runs", json=demo_request(demo.h5ad, demo.gene_list, checkpoint))
+    if created.status_code != 202:
+        print(f"POST /runs answered {created.status_code}: {created.text}", file=sys.stderr)
+        return False
+    run = created.json()
+    print(f"Run {run['name']} ({run['id']}) created through POST /runs\n  UI: {run['ui_url']}", flush=True)
+
+    final = stack.wait_for_run(run["id"], timeout=RUN_TIMEOUT_S, on_view=print_changes())
+    if final["state"]["type"] != "COMPLETED":
+        print(f"The run ended {final['state']['name']}: {final['state']['message']}", file=sys.stderr)
+        print(f"Worker log: {stack.home / 'logs' / 'worker.log'}", file=sys.stderr)
+        return False
+    html = report_link(final)
+    report_md = local_path_of(html).with_suffix(".md") if html else None
+    print(f"\nReport:  {report_md}\n         {html}")
+    print(f"UI:      {final['ui_url']}", flush=True)
+    return True
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--keep", action="store_true", help="keep the server, worker and API up until Ctrl-C")
+    parser.add_argument(
+        "--keep", action="store_true",
+        help="keep the server (with its scheduler), worker and API up until Ctrl-C or SIGTERM",
+    )
     args = parser.parse_args()
 
     settings = get_settings()
     data_dir = settings.data_dir.resolve()
     demo = prepare_demo_data(data_dir / "demo")
-    checkpoint = settings.model.checkpoint_uri or untrained_checkpoint(data_dir / "demo", demo.gene_list).as_uri()
+    worker_model = default_model_env(settings, demo)
+    checkpoint = settings.model.checkpoint_uri or worker_model["STACKFLOWS_MODEL__CHECKPOINT_URI"]
     print(f"Input: {demo.h5ad} ({demo.n_obs} cells x {demo.n_vars} genes, scanpy's pbmc68k_reduced as counts)")
 
     home = data_dir / "local-stack"
     port = PREFERRED_PORT if _port_free(PREFERRED_PORT) else None
     print(f"Starting a Prefect server, the deployments, a worker and the API (logs: {home / 'logs'})", flush=True)
-    with running_local_stack(
-        home, data_dir, secrets.token_urlsafe(24), extra_env=passed_through_env(), prefect_port=port, ui=True
-    ) as stack:
-        with stack.api() as api:
-            created = api.post("/runs", json=demo_request(demo.h5ad, demo.gene_list, checkpoint))
-        if created.status_code != 202:
-            print(f"POST /runs answered {created.status_code}: {created.text}", file=sys.stderr)
-            return 1
-        run = created.json()
-        print(f"Run {run['name']} ({run['id']}) created through POST /runs\n  UI: {run['ui_url']}", flush=True)
-
-        final = stack.wait_for_run(run["id"], timeout=RUN_TIMEOUT_S, on_view=print_changes())
-        if final["state"]["type"] != "COMPLETED":
-            print(f"The run ended {final['state']['name']}: {final['state']['message']}", file=sys.stderr)
-            print(f"Worker log: {stack.home / 'logs' / 'worker.log'}", file=sys.stderr)
-            return 1
-        html = report_link(final)
-        report_md = local_path_of(html).with_suffix(".md") if html else None
-        print(f"\nReport:  {report_md}\n         {html}")
-        print(f"UI:      {final['ui_url']}")
-        if args.keep:
-            print("The stack stays up; Ctrl-C stops it.")
-            _wait_for_ctrl_c()
-        else:
-            print(
-                f"(The server stops now. To browse the run later: PREFECT_HOME={home / 'prefect-home'} "
-                f"PREFECT_SERVER_DATABASE_CONNECTION_URL=sqlite+aiosqlite:///{home / 'prefect.db'} "
-                ".venv/bin/prefect server start; or run the demo with --keep.)"
-            )
-    return 0
+    try:
+        with interrupted_by_signals(), running_local_stack(
+            home, data_dir, secrets.token_urlsafe(24), extra_env={**worker_model, **passed_through_env()},
+            prefect_port=port, ui=True, scheduler=args.keep,
+        ) as stack:
+            credentials = stack.write_credentials(data_dir / CREDENTIALS_FILE)
+            try:
+                print_access(stack, credentials, show_secrets=args.keep)
+                completed = run_demo(stack, demo, checkpoint)
+                if not args.keep:
+                    print(
+                        f"(The server stops now. To browse the run later: PREFECT_HOME={home / 'prefect-home'} "
+                        f"PREFECT_SERVER_DATABASE_CONNECTION_URL=sqlite+aiosqlite:///{home / 'prefect.db'} "
+                        ".venv/bin/prefect server start; or run the demo with --keep.)"
+                    )
+                    return 0 if completed else 1
+                print("The stack stays up, the nightly canary scheduled; Ctrl-C (or SIGTERM) stops it.", flush=True)
+                gone = stack.wait_for_exit()
+                print(f"{gone.name} exited ({gone.popen.returncode}); stopping the rest:\n{gone.tail()}", file=sys.stderr)
+                return 1
+            finally:
+                credentials.unlink(missing_ok=True)
+    except KeyboardInterrupt:
+        print("Stopped: the server, worker and API are down.", flush=True)
+        return 130
 
 
 def _port_free(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) != 0
-
-
-def _wait_for_ctrl_c() -> None:
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

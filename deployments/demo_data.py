@@ -13,11 +13,15 @@ the smallest is 1, so rounding recovers the original UMI counts. The 765 genes h
 
 ``prepare_demo_data(directory)`` writes ``pbmc68k_counts.h5ad`` (counts in ``.X``, all obs
 columns, the UMAP) and ``pbmc68k_genes.pkl`` (the genes' upper-case symbols, standing in for a
-model gene list). It is idempotent: files already there are left alone.
+model gene list). ``prepare_demo_checkpoint(directory, gene_list)`` adds a small *untrained* STACK
+checkpoint over those genes (``stack-untrained-tiny.ckpt``; no weights can be downloaded here), the
+one the demo, the nightly canary and the local stack's default model use. Both are idempotent:
+files already there are left alone.
 """
 
 from __future__ import annotations
 
+import os
 import pickle
 import tempfile
 from contextlib import suppress
@@ -33,6 +37,7 @@ from clients.storage.local import LocalStore
 
 COUNTS_FILE = "pbmc68k_counts.h5ad"
 GENES_FILE = "pbmc68k_genes.pkl"
+CHECKPOINT_FILE = "stack-untrained-tiny.ckpt"
 NORMALISED_TOTAL = 1e4  # what pbmc68k_reduced's raw.X was normalised to before log1p
 MAX_ROUNDING = 0.1  # reconstructed values further than this from a whole number mean the recipe is wrong
 
@@ -100,3 +105,21 @@ def prepare_demo_data(directory: Path) -> DemoData:
         return DemoData(h5ad=h5ad_path, gene_list=genes_path, n_obs=backed.n_obs, n_vars=backed.n_vars)
     finally:
         backed.file.close()
+
+
+def prepare_demo_checkpoint(directory: Path, gene_list: Path) -> Path:
+    """A small randomly initialised STACK checkpoint over ``gene_list``'s genes, built once.
+
+    Built under a temporary name and renamed, so a concurrent set-up or a flow run never reads half a
+    file (same genes and seed: whichever build lands is the same model).
+    """
+    from inference.gene_list import read_gene_list
+    from inference.make_checkpoint import build_checkpoint
+
+    path = Path(directory) / CHECKPOINT_FILE
+    if path.exists():
+        return path
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.ckpt")
+    build_checkpoint(read_gene_list(gene_list), tmp)
+    os.replace(tmp, path)
+    return path

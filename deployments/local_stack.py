@@ -3,13 +3,21 @@ deployments from prefect.yaml (``python -m deployments.setup local``), a process
 
 The demo runs an analysis on it; the end-to-end tests drive it over HTTP. Everything it writes lives
 under one directory (server database, Prefect home, logs), so runs can be looked at afterwards.
+
+The Prefect server is no open door: anyone who reaches it could create runs with any parameters,
+bypassing the API's token and URI checks. It starts with ``PREFECT_SERVER_API_AUTH_STRING`` (a fresh
+``admin:<random>`` per stack) and every client the stack starts gets the same string as
+``PREFECT_API_AUTH_STRING``; the UI asks for it on its login page.
 """
 
 from __future__ import annotations
 
+import base64
 import os
+import secrets
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,10 +42,39 @@ class LocalStack:
     api_token: str
     env: dict[str, str]
     processes: list[Process] = field(default_factory=list)
+    auth_string: str = ""  # what the Prefect server requires (``user:password``); also the UI's login
 
     @property
     def ui_url(self) -> str:
         return self.prefect_url.removesuffix("/api")
+
+    @property
+    def prefect_headers(self) -> dict[str, str]:
+        """The Authorization header Prefect's own client sends for ``PREFECT_API_AUTH_STRING``."""
+        return prefect_auth_headers(self.auth_string)
+
+    def prefect(self, authenticated: bool = True) -> httpx.Client:
+        """An HTTP client for Prefect's REST API; ``authenticated=False`` sends no credentials."""
+        headers = self.prefect_headers if authenticated else {}
+        return httpx.Client(base_url=self.prefect_url, headers=headers, timeout=30)
+
+    def credentials(self) -> dict[str, str]:
+        """What a user needs to reach the stack: API URL and token, Prefect UI URL and login."""
+        return {
+            "STACKFLOWS_API_URL": self.api_url,
+            "STACKFLOWS_API__TOKEN": self.api_token,
+            "PREFECT_UI_URL": self.ui_url,
+            "PREFECT_UI_LOGIN": self.auth_string,  # typed into the UI's password field as it is
+            "PREFECT_API_URL": self.prefect_url,
+            "PREFECT_API_AUTH_STRING": self.auth_string,
+        }
+
+    def write_credentials(self, path: Path) -> Path:
+        """``credentials()`` as a shell-sourceable file only its owner can read (mode 0600)."""
+        lines = ["# The running local stack (deployments.local_stack); removed when it stops.\n"]
+        lines += [f"{key}={value}\n" for key, value in self.credentials().items()]
+        write_private(path, "".join(lines))
+        return path
 
     def api(self, token: str | None = "") -> httpx.Client:
         """An HTTP client for the API; ``token=None`` sends no Authorization header."""
@@ -67,6 +104,15 @@ class LocalStack:
 
             return wait_until(reached, timeout, f"run {run_id} to reach {sorted(states)}", watch=self.processes)
 
+    def wait_for_exit(self, interval: float = 1.0) -> Process:
+        """Block until one of the stack's processes exits and return it (Ctrl-C or SIGTERM end the wait
+        sooner, through ``interrupted_by_signals``)."""
+        while True:
+            for process in self.processes:
+                if process.popen.poll() is not None:
+                    return process
+            time.sleep(interval)
+
     def setup(self) -> str:
         """``python -m deployments.setup local`` against this stack's server; returns its output."""
         done = subprocess.run(
@@ -78,12 +124,56 @@ class LocalStack:
         return done.stdout
 
 
+def model_env(checkpoint: Path, gene_list: Path) -> dict[str, str]:
+    """The model a run uses when it names none, for the worker's environment: a run started from the
+    Prefect UI's form with only its required fields then runs on these."""
+    return {
+        "STACKFLOWS_MODEL__CHECKPOINT_URI": checkpoint.resolve().as_uri(),
+        "STACKFLOWS_MODEL__GENE_LIST_URI": gene_list.resolve().as_uri(),
+    }
+
+
+def new_auth_string() -> str:
+    """A fresh ``admin:<random>`` for one stack's Prefect server."""
+    return f"admin:{secrets.token_urlsafe(24)}"
+
+
+def prefect_auth_headers(auth_string: str) -> dict[str, str]:
+    """HTTP Basic with the auth string, as Prefect's client sends it (no header without one)."""
+    if not auth_string:
+        return {}
+    return {"Authorization": "Basic " + base64.b64encode(auth_string.encode()).decode()}
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` readable by its owner only, created 0600 (never briefly wider) and swapped in whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # a leftover temp file keeps its old mode through O_CREAT
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
 def stack_env(
-    home: Path, prefect_url: str, data_dir: Path, api_token: str, ui: bool, database_url: str | None = None
+    home: Path,
+    prefect_url: str,
+    data_dir: Path,
+    api_token: str,
+    ui: bool,
+    database_url: str | None = None,
+    *,
+    auth_string: str | None = None,
+    scheduler: bool = False,
 ) -> dict[str, str]:
     """This machine's environment without its PREFECT_/STACKFLOWS_/ANTHROPIC_ settings, plus the stack's own.
 
     ``database_url`` (e.g. ``postgresql+asyncpg://...``, the production set-up) replaces the SQLite file.
+    Clients authenticate with ``auth_string`` (a fresh one when not given; ``start_prefect_server``
+    makes the server require it). ``scheduler`` turns on the server's scheduler (the nightly canary).
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "STACKFLOWS_", "ANTHROPIC_"))}
     env.update(
@@ -92,7 +182,9 @@ def stack_env(
         PREFECT_SERVER_DATABASE_CONNECTION_URL=database_url or f"sqlite+aiosqlite:///{home / 'prefect.db'}",
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PREFECT_UI_ENABLED="true" if ui else "false",
-        PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED="false",  # no nightly canary runs while the stack is up
+        PREFECT_API_AUTH_STRING=auth_string or new_auth_string(),
+        # Off for tests (no nightly canary runs in the middle of one); on for a stack kept up.
+        PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED="true" if scheduler else "false",
         PREFECT_WORKER_QUERY_SECONDS="1",  # pick up runs (and cancellations) quickly
         PREFECT_SERVER_EPHEMERAL_ENABLED="false",
         STACKFLOWS_DATA_DIR=str(data_dir),
@@ -112,6 +204,7 @@ def running_local_stack(
     prefect_port: int | None = None,
     ui: bool = False,
     database_url: str | None = None,
+    scheduler: bool = False,
 ) -> Iterator[LocalStack]:
     """Start server, deployments, worker and API; stop them all on exit (also on errors).
 
@@ -123,10 +216,13 @@ def running_local_stack(
     prefect_port = prefect_port or free_port()
     prefect_url = f"http://127.0.0.1:{prefect_port}/api"
     api_port = free_port()
-    env = {**stack_env(home, prefect_url, data_dir, api_token, ui, database_url), **(extra_env or {})}
+    env = {
+        **stack_env(home, prefect_url, data_dir, api_token, ui, database_url, scheduler=scheduler),
+        **(extra_env or {}),
+    }
     stack = LocalStack(
         home=home, data_dir=data_dir, prefect_url=prefect_url, api_url=f"http://127.0.0.1:{api_port}",
-        api_token=api_token, env=env,
+        api_token=api_token, env=env, auth_string=env["PREFECT_API_AUTH_STRING"],
     )
     try:
         stack.processes.append(start_prefect_server(prefect_port, env, logs))
@@ -142,7 +238,7 @@ def running_local_stack(
         )
         stack.processes.append(worker)
         stack.processes.append(start_api(api_port, env, logs))
-        wait_until(lambda: _worker_online(prefect_url), 60, "the worker to poll its pool", watch=[worker])
+        wait_until(lambda: _worker_online(stack), 60, "the worker to poll its pool", watch=[worker])
         yield stack
     finally:
         for process in reversed(stack.processes):
@@ -150,9 +246,15 @@ def running_local_stack(
 
 
 def start_prefect_server(port: int, env: dict[str, str], logs: Path, timeout: float = SERVER_START_S) -> Process:
-    """``prefect server start`` on 127.0.0.1:``port``, returned once its health check answers."""
+    """``prefect server start`` on 127.0.0.1:``port``, returned once its health check answers.
+
+    The server requires the auth string its clients send (``PREFECT_API_AUTH_STRING`` in ``env``).
+    """
     command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-    server = start("prefect-server", command, env, logs, PROJECT_DIR)
+    server_env = dict(env)
+    if env.get("PREFECT_API_AUTH_STRING"):
+        server_env["PREFECT_SERVER_API_AUTH_STRING"] = env["PREFECT_API_AUTH_STRING"]
+    server = start("prefect-server", command, server_env, logs, PROJECT_DIR)
     _await_health(server, f"http://127.0.0.1:{port}/api/health", timeout, "the Prefect server")
     return server
 
@@ -179,9 +281,10 @@ def _ok(url: str) -> bool:
         return False
 
 
-def _worker_online(prefect_url: str) -> bool:
+def _worker_online(stack: LocalStack) -> bool:
     try:
-        r = httpx.post(f"{prefect_url}/work_pools/{LOCAL_POOL}/workers/filter", json={}, timeout=5)
+        with stack.prefect() as prefect:
+            r = prefect.post(f"/work_pools/{LOCAL_POOL}/workers/filter", json={}, timeout=5)
     except httpx.HTTPError:
         return False
     return r.status_code == 200 and any(w.get("status") == "ONLINE" for w in r.json())

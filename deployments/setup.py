@@ -2,7 +2,8 @@
 
 One environment at a time, in this order: the work pool, the global concurrency limit that keeps
 GPU jobs from piling up, the blocks (result storage, the Anthropic key as a Secret), the demo data
-the nightly canary reads, then the deployments from ``prefect.yaml`` (through ``prefect deploy``).
+and untrained checkpoint the local nightly canary reads (under the data directory, named in its
+request by absolute path), then the deployments from ``prefect.yaml`` (through ``prefect deploy``).
 
 Running it again changes nothing: each piece is compared with what the server has and written only
 when it differs. Deployments carry a fingerprint of their configuration (``prefect.yaml``, the
@@ -21,6 +22,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -56,8 +58,8 @@ DEPLOYMENTS: dict[Environment, list[str]] = {
 GPU_LIMIT_SLOTS = 2
 RESULTS_BLOCK = "stackflows-results"
 ANTHROPIC_SECRET_BLOCK = "anthropic-api-key"
-CANARY_DATA_DIR = PROJECT_DIR / ".stackflows" / "demo"  # prefect.yaml's canary reads .stackflows/demo/...
 VERSION_VAR = "STACKFLOWS_DEPLOY_VERSION"  # prefect.yaml's deployments take their version from it
+CANARY_DIR_VAR = "STACKFLOWS_CANARY_DIR"  # prefect.yaml's local canary reads its inputs from there
 GCP_DEPLOY_ENV = ("STACKFLOWS_FLOW_IMAGE", "STACKFLOWS_GCP_REGION", "STACKFLOWS_FLOW_SERVICE_ACCOUNT")
 # Settings sections a Cloud Run flow run needs; never the API's (its token) nor injected faults.
 FLOW_RUN_SECTIONS = ("storage", "model", "batch", "agent", "ocr")
@@ -193,21 +195,43 @@ def result_storage_block(environment: Environment, settings: Settings) -> Block:
 # --- deployments --------------------------------------------------------------------------------
 
 
-def deployment_fingerprint(project_dir: Path = PROJECT_DIR) -> str:
-    """Changes whenever a redeploy would register something different."""
+def canary_data_dir(settings: Settings) -> Path:
+    """Where the local set-up puts the canary's inputs: inside the data directory, so the flow's
+    allowed-roots check admits them, and absolute, so no working directory changes what they name."""
+    return (settings.data_dir / "demo").resolve()
+
+
+def deploy_variables(environment: Environment, settings: Settings) -> dict[str, str]:
+    """The deploy-time variables of ``prefect.yaml`` that the set-up provides itself."""
+    return {CANARY_DIR_VAR: str(canary_data_dir(settings))} if environment == "local" else {}
+
+
+def prepare_canary_inputs(directory: Path) -> None:
+    """The demo h5ad, its gene list and an untrained checkpoint over those genes (the canary's model)."""
+    from deployments.demo_data import prepare_demo_checkpoint, prepare_demo_data
+
+    demo = prepare_demo_data(directory)
+    prepare_demo_checkpoint(directory, demo.gene_list)
+
+
+def deployment_fingerprint(project_dir: Path = PROJECT_DIR, variables: Mapping[str, str] | None = None) -> str:
+    """Changes whenever a redeploy would register something different (``variables`` over the environment)."""
+    values = {**os.environ, **(variables or {})}
     prefect_yaml = (project_dir / "prefect.yaml").read_text()
     digest = hashlib.sha256(prefect_yaml.encode())
     for var in sorted(set(re.findall(r"\{\{\s*\$(\w+)\s*\}\}", prefect_yaml)) - {VERSION_VAR}):
-        digest.update(f"{var}={os.environ.get(var, '')}".encode())
+        digest.update(f"{var}={values.get(var, '')}".encode())
     digest.update(str(project_dir.resolve()).encode())
     for path in sorted((project_dir / "flows").glob("*.py")):  # the flow's signature and parameter models
         digest.update(path.read_bytes())
     return "setup-" + digest.hexdigest()[:16]
 
 
-async def ensure_deployments(client: PrefectClient, environment: Environment, project_dir: Path) -> list[Change]:
+async def ensure_deployments(
+    client: PrefectClient, environment: Environment, project_dir: Path, variables: Mapping[str, str] | None = None
+) -> list[Change]:
     names = DEPLOYMENTS[environment]
-    fingerprint = deployment_fingerprint(project_dir)
+    fingerprint = deployment_fingerprint(project_dir, variables)
     existing: dict[str, Any] = {}
     for name in names:
         try:
@@ -216,16 +240,21 @@ async def ensure_deployments(client: PrefectClient, environment: Environment, pr
             pass
     if all(name in existing and existing[name].version == fingerprint for name in names):
         return [Change("deployment", f"{FLOW_NAME}/{name}", "unchanged") for name in names]
-    run_prefect_deploy(names, fingerprint, project_dir)
+    run_prefect_deploy(names, fingerprint, project_dir, variables)
     return [Change("deployment", f"{FLOW_NAME}/{name}", "updated" if name in existing else "created") for name in names]
 
 
-def run_prefect_deploy(names: list[str], version: str, project_dir: Path) -> None:
+def run_prefect_deploy(
+    names: list[str], version: str, project_dir: Path, variables: Mapping[str, str] | None = None
+) -> None:
     """``prefect deploy`` from ``prefect.yaml``: the same code path as deploying by hand."""
     command = [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--prefect-file", "prefect.yaml"]
     for name in names:
         command += ["--name", f"{FLOW_NAME}/{name}"]
-    env = {**os.environ, "PREFECT_API_URL": get_current_settings().api.url or "", VERSION_VAR: version}
+    env = {
+        **os.environ, **(variables or {}),
+        "PREFECT_API_URL": get_current_settings().api.url or "", VERSION_VAR: version,
+    }
     done = subprocess.run(command, cwd=project_dir, env=env, capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-25:])
@@ -277,10 +306,8 @@ async def setup(environment: Environment, settings: Settings | None = None, proj
         if os.environ.get("ANTHROPIC_API_KEY"):
             changes.append(await ensure_block(Secret(value=os.environ["ANTHROPIC_API_KEY"]), ANTHROPIC_SECRET_BLOCK))
         if environment == "local":
-            from deployments.demo_data import prepare_demo_data
-
-            prepare_demo_data(CANARY_DATA_DIR)
-        changes += await ensure_deployments(client, environment, project_dir)
+            prepare_canary_inputs(canary_data_dir(settings))
+        changes += await ensure_deployments(client, environment, project_dir, deploy_variables(environment, settings))
         if environment == "gcp":
             changes += await activate_schedules(client, DEPLOYMENTS["gcp"])
     return changes

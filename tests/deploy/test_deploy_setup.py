@@ -123,3 +123,34 @@ def test_the_gcs_result_storage_block_is_saved_once(
     assert run(deploy_setup.ensure_block(block, "setup-test-gcs")).action == "created"
     again = deploy_setup.result_storage_block("gcp", settings)
     assert run(deploy_setup.ensure_block(again, "setup-test-gcs")).action == "unchanged"
+
+
+def test_canary_requests_name_absolute_paths_and_the_local_one_its_checkpoint() -> None:
+    """A relative path means whatever the flow run's working directory makes of it, and the flow's
+    allowed-roots check refuses it; the local canary names a checkpoint that fits its gene list."""
+    import yaml
+
+    config = yaml.safe_load((deploy_setup.PROJECT_DIR / "prefect.yaml").read_text())
+    canaries = {d["name"]: d["parameters"]["request"] for d in config["deployments"] if "canary" in d["name"]}
+    assert set(canaries) == {"nightly-canary", "nightly-canary-cloud"}
+    local_dir = "file://{{ $" + deploy_setup.CANARY_DIR_VAR + " }}/"
+    for name, request in canaries.items():
+        for field in ("prompt_uri", "query_uri", "gene_list_uri", "checkpoint_uri"):
+            if field in request:
+                expected = local_dir if name == "nightly-canary" else "file:///opt/stackflows/"
+                assert request[field].startswith(expected), (name, field, request[field])
+    assert canaries["nightly-canary"]["checkpoint_uri"] == local_dir + "stack-untrained-tiny.ckpt"
+
+
+def test_the_local_canary_directory_is_absolute_in_the_data_directory_and_in_the_fingerprint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    variables = deploy_setup.deploy_variables("local", Settings(data_dir=Path("rel-data")))
+    assert variables == {deploy_setup.CANARY_DIR_VAR: str(tmp_path / "rel-data" / "demo")}
+    assert deploy_setup.deploy_variables("gcp", Settings(data_dir=tmp_path)) == {}
+
+    (tmp_path / "flows").mkdir()
+    (tmp_path / "prefect.yaml").write_text("prompt_uri: 'file://{{ $STACKFLOWS_CANARY_DIR }}/x.h5ad'\n")
+    first = deploy_setup.deployment_fingerprint(tmp_path, {deploy_setup.CANARY_DIR_VAR: "/srv/a"})
+    assert deploy_setup.deployment_fingerprint(tmp_path, {deploy_setup.CANARY_DIR_VAR: "/srv/b"}) != first

@@ -1,7 +1,8 @@
-"""The whole system on loopback, once per e2e module (deployments.local_stack): a real Prefect
+"""The whole system on loopback, once per e2e session and database (deployments.local_stack): a real Prefect
 server (SQLite), the deployments from prefect.yaml, a process worker and the API, each a separate
 process like on a laptop. Inputs are a small subset of pbmc68k and a tiny untrained STACK
-checkpoint, so a run takes seconds of compute."""
+checkpoint, so a run takes seconds of compute; the worker knows that checkpoint and gene list as its
+defaults, as the demo's worker does, so a run that names no model (the UI form) runs too."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from deployments.local_stack import LocalStack, running_local_stack
+from deployments.local_stack import LocalStack, model_env, running_local_stack
 from tests.postgres_server import postgres_bin_dir, running_postgres
 from tests.small_inputs import Inputs, make_inputs
 
@@ -30,7 +31,7 @@ class System(LocalStack):
         return self.inputs.request_body(question, **overrides)
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
 def system(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     """The stack on SQLite (the embedded default) and on PostgreSQL (the production database)."""
     root = tmp_path_factory.mktemp(f"e2e-{request.param}")
@@ -42,7 +43,10 @@ def system(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
             require_postgres()
             database_url = stack_of.enter_context(running_postgres())
         stack = stack_of.enter_context(
-            running_local_stack(root, data_dir, TOKEN, extra_env=fault_env(), database_url=database_url)
+            running_local_stack(
+                root, data_dir, TOKEN, extra_env={**model_env(inputs.checkpoint, inputs.gene_list), **fault_env()},
+                database_url=database_url,
+            )
         )
         yield System(**vars(stack), inputs=inputs)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import httpx
 import pytest
 
 from clients.batch import JobState
@@ -36,19 +35,21 @@ def staged_objects(data_dir: Path) -> list[Path]:
 def task_runs(system: System, flow_run_id: str) -> list[dict]:
     """Task runs of a flow run and of its subflows, from Prefect's API (oldest first)."""
     runs = [flow_run_id]
-    children = httpx.post(
-        f"{system.prefect_url}/flow_runs/filter",
-        json={"flow_runs": {"parent_flow_run_id": {"any_": [flow_run_id]}}, "limit": 200},
-    ).json()
-    runs += [c["id"] for c in children]
-    return httpx.post(
-        f"{system.prefect_url}/task_runs/filter",
-        json={"task_runs": {"flow_run_id": {"any_": runs}}, "sort": "EXPECTED_START_TIME_ASC", "limit": 200},
-    ).json()
+    with system.prefect() as prefect:
+        children = prefect.post(
+            "/flow_runs/filter",
+            json={"flow_runs": {"parent_flow_run_id": {"any_": [flow_run_id]}}, "limit": 200},
+        ).json()
+        runs += [c["id"] for c in children]
+        return prefect.post(
+            "/task_runs/filter",
+            json={"task_runs": {"flow_run_id": {"any_": runs}}, "sort": "EXPECTED_START_TIME_ASC", "limit": 200},
+        ).json()
 
 
 def test_deployments_are_registered_and_setting_up_again_changes_nothing(system: System) -> None:
-    deployments = httpx.post(f"{system.prefect_url}/deployments/filter", json={"limit": 50}).json()
+    with system.prefect() as prefect:
+        deployments = prefect.post("/deployments/filter", json={"limit": 50}).json()
     by_name = {d["name"]: d for d in deployments}
     assert {"local", "nightly-canary"} <= set(by_name)
     local = by_name["local"]

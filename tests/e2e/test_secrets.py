@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import httpx
 import pytest
 
 from deployments.local_stack import LocalStack, running_local_stack
@@ -63,14 +62,17 @@ def test_no_key_or_token_in_logs_artifacts_parameters_or_reports(
     ]
     assert sent_keys == [ANTHROPIC_KEY] * 2, "the agent should have planned and interpreted with the key"
 
-    prefect = local.prefect_url
+    with local.prefect() as prefect:
+        from_prefect = {
+            name: prefect.post(f"/{path}/filter", json={"limit": 200}).raise_for_status().text
+            for name, path in (("prefect logs", "logs"), ("artifacts", "artifacts"), ("flow runs", "flow_runs"))
+        }
     where = {
         **{f"{p.name}.log": p.log.read_text(errors="replace") for p in local.processes},
-        "prefect logs": httpx.post(f"{prefect}/logs/filter", json={"limit": 200}).text,
-        "artifacts": httpx.post(f"{prefect}/artifacts/filter", json={"limit": 200}).text,
-        "flow runs": httpx.post(f"{prefect}/flow_runs/filter", json={"limit": 200}).text,
+        **from_prefect,
         **{str(p): p.read_text(errors="replace") for p in (local.data_dir / "objects" / "runs").rglob("report.*")},
     }
     assert len(where) > 5 and "report.md" in " ".join(where)
-    leaks = [name for name, content in where.items() if ANTHROPIC_KEY in content or TOKEN in content]
+    secrets = (ANTHROPIC_KEY, TOKEN, local.auth_string)
+    leaks = [name for name, content in where.items() if any(secret in content for secret in secrets)]
     assert leaks == [], f"a secret leaked into {leaks}"
