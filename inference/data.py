@@ -3,9 +3,13 @@
 Everything here is checked before any model is loaded: a bad input fails in seconds with a message
 that names the input, the problem and the fix (:class:`InputError`).
 
-Alignment follows arc-stack's ``generate()`` so the job can reproduce it exactly: counts come from
-``.raw`` when the file has one, else ``.X``; genes are matched by upper-cased symbol; model genes
-the input lacks are zeros.
+The job reads exactly the matrix the spec names (``prompt_matrix``/``query_matrix``: ``raw.X``,
+``X`` or ``layers/counts``), which validation chose where it found the counts; a spec that names
+none gets arc-stack's ``generate()`` choice (``.raw`` when the file has one, else ``.X``). The rest
+follows ``generate()`` so the job can reproduce it exactly: genes are matched by upper-cased symbol
+(var_names, or the spec's ``gene_name_column`` as arc-stack's ``--gene-name-col``); model genes the
+input lacks are zeros. The flow's validation and report use the same helpers, so all three read the
+same matrix and the same gene names.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from inference.contract import MatrixLocation
 
 class InputError(ValueError):
     """A job input is unusable; the message says which input, what is wrong and how to fix it."""
@@ -30,6 +35,7 @@ class CountMatrix:
     counts: np.ndarray  # (cells, model genes) float32, dense
     obs: pd.DataFrame
     genes_present: np.ndarray  # bool per model gene: the input had this gene
+    matrix: MatrixLocation = "X"  # where in the file the counts were read
 
     @property
     def n_cells(self) -> int:
@@ -59,39 +65,173 @@ def apply_obs_filter(adata: ad.AnnData, obs_filter: dict[str, list[str]] | None,
                 f"{name}: obs filter names column {column!r}, which the file does not have "
                 f"(columns: {list(adata.obs.columns)[:20]}); fix the filter"
             )
-        keep &= adata.obs[column].astype(str).isin([str(v) for v in values]).to_numpy()
+        keep &= obs_strings(adata.obs[column]).isin([str(v) for v in values]).to_numpy()
     if not keep.any():
         raise InputError(f"{name}: no cells match the obs filter {obs_filter}; loosen the filter")
     return adata[keep]
 
 
-def align_counts(adata: ad.AnnData, model_genes: Sequence[str], *, name: str) -> CountMatrix:
-    """Counts of ``adata`` (``.raw`` if present) in ``model_genes`` order; missing genes are zero."""
-    matrix = adata.raw.X if adata.raw is not None else adata.X
-    var_names = adata.raw.var_names if adata.raw is not None else adata.var_names
-    source = pd.Index([str(g).upper() for g in var_names])
-    # First occurrence wins where an input repeats a symbol.
+def obs_strings(column: pd.Series) -> pd.Series:
+    """An obs column's values as strings, as filters and contexts compare them.
+
+    A missing value (NaN, None) stays missing (None) instead of becoming the string 'nan': it is
+    no context to generate under and matches no filter value.
+    """
+    return column.astype(str).astype(object).where(column.notna().to_numpy(), None)
+
+
+def resolve_matrix(adata: ad.AnnData, location: MatrixLocation | None) -> MatrixLocation:
+    """The location to read: the one given, else arc-stack's choice (raw.X when there is a .raw)."""
+    if location is not None:
+        return location
+    return "raw.X" if adata.raw is not None else "X"
+
+
+def matrix_at(adata: ad.AnnData, location: MatrixLocation) -> object | None:
+    """The matrix stored at ``location``, or None when the file has none there."""
+    if location == "raw.X":
+        return adata.raw.X if adata.raw is not None else None
+    if location == "X":
+        return adata.X
+    layer = location.removeprefix("layers/")
+    return adata.layers[layer] if layer in adata.layers else None
+
+
+def var_of(adata: ad.AnnData, location: MatrixLocation) -> pd.DataFrame:
+    """The var table that names the genes of the matrix at ``location`` (raw.var for raw.X).
+
+    raw.var often lacks the annotation columns var has (CELLxGENE keeps ``feature_name`` in var):
+    when both name the same genes in the same order, raw.var is given var's other columns.
+    """
+    if location != "raw.X" or adata.raw is None:
+        return adata.var
+    raw_var = adata.raw.var
+    missing = [c for c in adata.var.columns if c not in raw_var.columns]
+    if not missing or not raw_var.index.equals(adata.var.index):
+        return raw_var
+    merged = raw_var.copy()
+    for column in missing:
+        merged[column] = adata.var[column].to_numpy()
+    return merged
+
+
+def gene_symbols(var: pd.DataFrame, gene_name_column: str | None) -> pd.Index | None:
+    """The genes' names as the model matches them: var_names, or ``var[gene_name_column]``.
+
+    None when the column is not in ``var`` (arc-stack then silently falls back to var_names; here
+    the caller refuses, because matching the wrong names yields zeros, not an error).
+    """
+    if gene_name_column is None:
+        return pd.Index(var.index.astype(str))
+    if gene_name_column not in var.columns:
+        return None
+    return pd.Index(var[gene_name_column].astype(str).to_numpy())
+
+
+def gene_positions(symbols: pd.Index, model_genes: Sequence[str]) -> np.ndarray:
+    """For each model gene, its column among ``symbols`` (upper-cased; first occurrence wins), or -1."""
+    source = pd.Index([s.upper() for s in symbols])
     first = ~source.duplicated()
     position = pd.Series(np.nonzero(first)[0], index=source[first])
-    target = pd.Index([g.upper() for g in model_genes])
-    src_cols = position.reindex(target).to_numpy()
-    present = ~np.isnan(src_cols)
-    if not present.any():
+    found = position.reindex(pd.Index([g.upper() for g in model_genes])).to_numpy()
+    return np.where(np.isnan(found), -1, found).astype(np.int64)
+
+
+def suggest_gene_column(
+    var: pd.DataFrame, model_genes: Sequence[str], current: str | None = None
+) -> tuple[str, int] | None:
+    """The var column whose values match the most model genes (and how many), if any matches.
+
+    For the fix of a "no gene overlap" error: CELLxGENE files keep Ensembl ids in var_names and
+    the symbols in ``var["feature_name"]``.
+    """
+    model = {g.upper() for g in model_genes}
+    best: tuple[str, int] | None = None
+    for column in var.columns:
+        series = var[column]
+        if column == current or not (series.dtype == object or isinstance(series.dtype, pd.CategoricalDtype)
+                                     or pd.api.types.is_string_dtype(series.dtype)):
+            continue
+        matched = len(model & set(series.astype(str).str.upper()))
+        if matched and (best is None or matched > best[1]):
+            best = (str(column), matched)
+    return best
+
+
+def align_counts(
+    adata: ad.AnnData,
+    model_genes: Sequence[str],
+    *,
+    name: str,
+    matrix: MatrixLocation | None = None,
+    gene_name_column: str | None = None,
+    counts_required: bool = True,
+) -> CountMatrix:
+    """Counts of ``adata`` at ``matrix`` in ``model_genes`` order; missing genes are zero.
+
+    ``matrix`` None reads arc-stack's choice (raw.X when there is a .raw, else X). With
+    ``counts_required`` a matrix that is not whole numbers is refused: STACK's likelihood is over
+    counts, and log-normalised values would run to completion on the wrong data.
+    """
+    location = resolve_matrix(adata, matrix)
+    values = matrix_at(adata, location)
+    if values is None:
         raise InputError(
-            f"{name}: none of its {len(source)} genes (e.g. {list(var_names[:3])}) is in the model's "
-            f"gene list of {len(target)} (e.g. {list(model_genes[:3])}); var_names must be gene "
-            "symbols of the species the model was trained on"
+            f"{name}: the spec names the matrix {location}, which the file does not have; set the "
+            "spec's prompt_matrix/query_matrix to where the counts are (raw.X, X or layers/counts)"
         )
-    counts = np.zeros((adata.n_obs, len(target)), dtype=np.float32)
-    cols = src_cols[present].astype(np.int64)
-    block = matrix[:, cols] if not sp.issparse(matrix) else matrix.tocsc()[:, cols]
+    var = var_of(adata, location)
+    symbols = gene_symbols(var, gene_name_column)
+    if symbols is None:
+        raise InputError(
+            f"{name}: gene_name_column {gene_name_column!r} is not a column of the var of {location} "
+            f"(columns: {list(var.columns)[:20]}); name the column holding gene symbols, or unset it to use var_names"
+        )
+    src_cols = gene_positions(symbols, model_genes)
+    present = src_cols >= 0
+    if not present.any():
+        raise InputError(_no_overlap_message(name, symbols, model_genes, var, gene_name_column))
+    counts = np.zeros((adata.n_obs, len(model_genes)), dtype=np.float32)
+    cols = src_cols[present]
+    block = values[:, cols] if not sp.issparse(values) else values.tocsc()[:, cols]
     block = block.toarray() if sp.issparse(block) else np.asarray(block)
-    if not np.isfinite(block).all():
-        raise InputError(f"{name}: the count matrix has NaN or infinite values; pass raw counts")
-    if (block < 0).any():
-        raise InputError(f"{name}: the count matrix has negative values; pass raw counts, not scaled data")
+    _check_counts(block, name=name, location=location, counts_required=counts_required)
     counts[:, present] = block.astype(np.float32, copy=False)
-    return CountMatrix(counts=counts, obs=adata.obs.copy(), genes_present=present)
+    return CountMatrix(counts=counts, obs=adata.obs.copy(), genes_present=present, matrix=location)
+
+
+def _no_overlap_message(
+    name: str, symbols: pd.Index, model_genes: Sequence[str], var: pd.DataFrame, gene_name_column: str | None
+) -> str:
+    named = f"var[{gene_name_column!r}]" if gene_name_column else "var_names"
+    message = (
+        f"{name}: none of its {len(symbols)} genes (e.g. {list(symbols[:3])}, from {named}) is in the "
+        f"model's gene list of {len(model_genes)} (e.g. {list(model_genes[:3])})"
+    )
+    suggestion = suggest_gene_column(var, model_genes, current=gene_name_column)
+    if suggestion:
+        column, matched = suggestion
+        return message + f"; var[{column!r}] holds {matched} of them: set gene_name_column={column!r}"
+    return message + "; var_names must be gene symbols of the species the model was trained on"
+
+
+def _check_counts(block: np.ndarray, *, name: str, location: str, counts_required: bool) -> None:
+    """Refuse values no expression matrix has, and (when counts are required) any fraction."""
+    if not np.isfinite(block).all():
+        raise InputError(f"{name}: the count matrix ({location}) has NaN or infinite values; pass raw counts")
+    if (block < 0).any():
+        raise InputError(
+            f"{name}: the count matrix ({location}) has negative values; pass raw counts, not scaled data"
+        )
+    if counts_required and not np.issubdtype(block.dtype, np.integer):
+        fractional = block != np.floor(block)
+        if fractional.any():
+            example = float(block[fractional][0])
+            raise InputError(
+                f"{name}: {location} is not raw counts: {int(fractional.sum())} of its values on the model's "
+                f"genes are not whole numbers (e.g. {example:.4g}; log-normalised data?); point the spec's "
+                "prompt_matrix/query_matrix at the counts (validation finds them), or set counts_required=False"
+            )
 
 
 def select_split_values(obs: pd.DataFrame, column: str, requested: Sequence[str] | None, *, name: str) -> list[str]:
@@ -101,7 +241,7 @@ def select_split_values(obs: pd.DataFrame, column: str, requested: Sequence[str]
             f"{name}: split column {column!r} is not in obs (columns: {list(obs.columns)[:20]}); "
             "set split_column to the obs column whose values are the contexts"
         )
-    available = obs[column].astype(str)
+    available = obs_strings(obs[column]).dropna()  # a missing value is never a context
     if requested:
         missing = [str(v) for v in requested if not (available == str(v)).any()]
         if missing:
@@ -110,6 +250,8 @@ def select_split_values(obs: pd.DataFrame, column: str, requested: Sequence[str]
                 f"(present: {sorted(available.unique())[:20]}); fix split_values"
             )
         return [str(v) for v in requested]
+    if available.empty:
+        raise InputError(f"{name}: split column {column!r} has no values (every cell's is missing); pick another")
     return sorted(available.unique())
 
 

@@ -40,6 +40,7 @@ from inference.contract import (
     PREDICTIONS_FILE,
     SUMMARY_FILE,
     JobManifest,
+    MatrixLocation,
     PredictionSummary,
     StackJobSpec,
 )
@@ -49,6 +50,7 @@ from inference.data import (
     align_counts,
     apply_obs_filter,
     check_gene_list,
+    obs_strings,
     read_h5ad,
     select_split_values,
 )
@@ -106,9 +108,17 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def read_cells(path: Path, obs_filter, genes: list[str], *, name: str) -> tuple[ad.AnnData, CountMatrix]:
+def read_cells(
+    path: Path, obs_filter, genes: list[str], spec: StackJobSpec, *, name: str
+) -> tuple[ad.AnnData, CountMatrix]:
+    """The query: its filtered cells, and their counts from the matrix the spec names."""
     adata = apply_obs_filter(read_h5ad(str(path), name=name), obs_filter, name=name)
-    return adata, align_counts(adata, genes, name=name)
+    return adata, align_counts(adata, genes, name=name, **count_options(spec, spec.query_matrix))
+
+
+def count_options(spec: StackJobSpec, matrix: MatrixLocation | None) -> dict:
+    """What :func:`align_counts` needs from the spec for one input: the same for every split."""
+    return {"matrix": matrix, "gene_name_column": spec.gene_name_column, "counts_required": spec.counts_required}
 
 
 class StackJob:
@@ -142,16 +152,17 @@ class StackJob:
         ckpt_mod.check_class_for_mode(info, spec.mode, name=f"checkpoint {spec.checkpoint_uri}")
         ckpt_mod.check_gene_count(info, len(genes), name=f"checkpoint {spec.checkpoint_uri}")
         query_path = fetch(spec.query_uri, self.workdir, field="query_uri", filename="query.h5ad")
-        query_adata, query = read_cells(query_path, spec.query_obs_filter, genes, name=f"query {spec.query_uri}")
+        query_adata, query = read_cells(query_path, spec.query_obs_filter, genes, spec, name=f"query {spec.query_uri}")
         prompts: dict[str, CountMatrix] = {}
         if spec.mode == "generate":
             prompt_path = fetch(spec.prompt_uri, self.workdir, field="prompt_uri", filename="prompt.h5ad")
             name = f"prompt {spec.prompt_uri}"
             prompt_adata = apply_obs_filter(read_h5ad(str(prompt_path), name=name), spec.prompt_obs_filter, name=name)
             splits = select_split_values(prompt_adata.obs, spec.split_column, spec.split_values, name=name)
-            column = prompt_adata.obs[spec.split_column].astype(str)
+            column = obs_strings(prompt_adata.obs[spec.split_column])
+            options = count_options(spec, spec.prompt_matrix)
             for value in splits:
-                prompts[value] = align_counts(prompt_adata[(column == value).to_numpy()], genes, name=name)
+                prompts[value] = align_counts(prompt_adata[(column == value).to_numpy()], genes, name=name, **options)
         device = resolve_device(spec.device)
         self._timed("read_inputs_s", t0)
 
@@ -259,7 +270,8 @@ class StackJob:
             X=sp.vstack(list(results.values()), format="csr"), obs=obs, var=pd.DataFrame(index=genes)
         )
         predictions.uns["stack_job"] = {"mode": "generate", "model_trained": trained, "seed": spec.seed,
-                                        "num_steps": spec.num_steps, "precision": spec.precision}
+                                        "num_steps": spec.num_steps, "precision": spec.precision,
+                                        **query_reading(query, spec)}
         return predictions, summary
 
     def _embed(self, model, query_adata, query, genes, gene_path, trained):
@@ -276,7 +288,8 @@ class StackJob:
         obs = query_adata.obs.copy()
         predictions = ad.AnnData(X=emb, obs=obs, var=pd.DataFrame(index=[f"stack_{i}" for i in range(emb.shape[1])]))
         predictions.obsm["X_stack"] = emb
-        predictions.uns["stack_job"] = {"mode": "embed", "model_trained": trained, "precision": spec.precision}
+        predictions.uns["stack_job"] = {"mode": "embed", "model_trained": trained, "precision": spec.precision,
+                                        **query_reading(query, spec)}
         summary = PredictionSummary(mode="embed", model_trained=trained, query_cells=query.n_cells, genes=len(genes))
         return predictions, summary
 
@@ -292,6 +305,14 @@ class StackJob:
             ).sha256,
         }
         return written
+
+
+def query_reading(query: CountMatrix, spec: StackJobSpec) -> dict[str, str]:
+    """Which matrix and gene names of the query were read: the report's plot reads the same."""
+    reading = {"query_matrix": query.matrix}
+    if spec.gene_name_column is not None:
+        reading["gene_name_column"] = spec.gene_name_column
+    return reading
 
 
 def to_scipy_csr(dense: torch.Tensor) -> sp.csr_matrix:

@@ -9,6 +9,11 @@ could interrupt. Then the file is opened in AnnData's backed mode: ``obs`` and `
 matrices stay on disk and are scanned in blocks (rows of a dense matrix, the stored values of a
 sparse one), so a file larger than memory is checked in constant memory. Whatever a damaged file
 makes h5py or anndata raise is reported as an InputValidationError.
+
+The counts are looked for in ``raw.X``, then ``X``, then ``layers["counts"]`` (scanpy's habit); the
+first that holds whole numbers is the matrix STACK reads (``DatasetFacts.matrix_used``), and the
+job spec names it so the GPU job reads exactly that one. Gene names are matched as the job matches
+them (:mod:`inference.data`): var_names, or a ``gene_name_column`` such as CELLxGENE's feature_name.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Literal
@@ -25,9 +30,12 @@ import anndata as ad
 import h5py
 import numpy as np
 import pandas as pd
+from anndata.io import sparse_dataset
 from pydantic import BaseModel, Field
 
 from inference import gene_list
+from inference.contract import MatrixLocation
+from inference.data import gene_symbols, obs_strings, suggest_gene_column, var_of
 
 # Values scanned per block: 8M values is 32-64 MB whatever the matrix's shape.
 BLOCK_VALUES = 8 * 1024 * 1024
@@ -36,7 +44,10 @@ LOW_CARDINALITY = 50
 # Seconds the HDF5 metadata probe may take (a healthy file's takes well under a second per GB of obs/var).
 METADATA_TIMEOUT_S = 120.0
 
-CountsLocation = Literal["raw.X", "X"]
+CountsLocation = MatrixLocation  # "raw.X", "X" or "layers/counts", looked at in that order
+# The layer scanpy users keep counts in before normalising X (adata.layers["counts"] = adata.X.copy()).
+COUNTS_LAYER = "counts"
+GZIP_MAGIC = b"\x1f\x8b"
 
 
 class InputValidationError(ValueError):
@@ -58,6 +69,7 @@ class ObsColumnFacts(BaseModel):
     name: str
     kind: Literal["categorical", "numeric", "boolean", "text"]
     n_unique: int
+    n_missing: int = Field(default=0, description="Cells with no value (NaN): never a value, context or filter.")
     value_counts: dict[str, int] | None = Field(
         default=None, description=f"Cells per value, for categorical or ≤{LOW_CARDINALITY}-valued columns."
     )
@@ -93,7 +105,10 @@ class DatasetFacts(BaseModel):
     counts_location: CountsLocation | None = Field(
         description="Where the raw counts are; None when counts were not required and none were found."
     )
-    matrix_used: CountsLocation = Field(description="The matrix STACK will read.")
+    matrix_used: CountsLocation = Field(description="The matrix STACK will read: the job spec names it.")
+    gene_name_column: str | None = Field(
+        default=None, description="The var column whose values were matched as gene symbols; None: var_names."
+    )
     sparse: bool
     max_value: float | None
     gene_overlap: float | None = Field(
@@ -149,12 +164,14 @@ def validate_h5ad(
     min_gene_overlap: float = 0.5,
     counts_required: bool = True,
     required_obs: Mapping[str, Sequence[str] | None] | None = None,
+    gene_name_column: str | None = None,
     block_values: int = BLOCK_VALUES,
     metadata_timeout_s: float = METADATA_TIMEOUT_S,
 ) -> DatasetFacts:
     """Check one h5ad and return its facts, or raise InputValidationError with the first problem.
 
     ``required_obs`` maps obs columns the run needs to the values it needs in them (None: any).
+    ``gene_name_column`` names the var column holding gene symbols (arc-stack's ``--gene-name-col``).
     ``block_values`` bounds the values held in memory at once while scanning a matrix.
     ``metadata_timeout_s`` bounds the child process that reads the file's HDF5 metadata first.
     """
@@ -163,7 +180,8 @@ def validate_h5ad(
     adata = _open_backed(path)
     try:
         return _validate_open(
-            path, adata, model_genes, min_gene_overlap, counts_required, required_obs or {}, block_values
+            path, adata, model_genes, min_gene_overlap, counts_required, required_obs or {}, gene_name_column,
+            block_values,
         )
     finally:
         adata.file.close()
@@ -196,11 +214,21 @@ except Exception as exc:
 
 
 def _check_readable_hdf5(path: Path, timeout_s: float = METADATA_TIMEOUT_S) -> None:
+    if path.is_dir():
+        raise _directory_error(path)
     if not path.is_file():
         raise InputValidationError(path, "file not found", "check the path or URI; it must name an .h5ad file")
     if path.stat().st_size == 0:
         raise InputValidationError(
             path, "the file is empty (0 bytes)", "the download or copy failed; copy the file again"
+        )
+    with path.open("rb") as head:
+        gzipped = head.read(len(GZIP_MAGIC)) == GZIP_MAGIC
+    if gzipped:
+        raise InputValidationError(
+            path,
+            "the file is gzip-compressed (it starts with gzip's bytes 1f 8b), so it is not an .h5ad as it is",
+            f"decompress it first ({_gunzip_command(path)}) and pass the decompressed .h5ad",
         )
     if not h5py.is_hdf5(path):
         raise InputValidationError(
@@ -215,6 +243,29 @@ def _check_readable_hdf5(path: Path, timeout_s: float = METADATA_TIMEOUT_S) -> N
             f"an HDF5 file but not AnnData: it has no obs/var groups (top-level keys: {sorted(keys) or 'none'})",
             "write the data with anndata (adata.write_h5ad(path))",
         )
+
+
+def _directory_error(path: Path) -> InputValidationError:
+    """A directory where a file was expected: a zarr store (AnnData's other format) or a folder of files."""
+    zarr_markers = (".zgroup", ".zattrs", "zarr.json")
+    if path.suffix == ".zarr" or any((path / marker).exists() for marker in zarr_markers):
+        return InputValidationError(
+            path,
+            "a directory, not a file: it looks like a zarr store (AnnData's other on-disk format), not an .h5ad",
+            f"convert it with anndata: anndata.read_zarr({str(path)!r}).write_h5ad({path.stem + '.h5ad'!r}), "
+            "and pass the .h5ad",
+        )
+    inside = sorted(p.name for p in path.glob("*.h5ad"))
+    fix = "name the .h5ad file itself, not the directory that holds it"
+    if inside:
+        fix += f" (it holds {', '.join(inside[:5])}{', ...' if len(inside) > 5 else ''})"
+    return InputValidationError(path, "a directory, not a file", fix)
+
+
+def _gunzip_command(path: Path) -> str:
+    if path.suffix == ".gz":
+        return f"gunzip -k {path.name}"
+    return f"gunzip -c {path.name} > {path.stem}.decompressed.h5ad"
 
 
 def _probe_metadata(path: Path, timeout_s: float) -> list[str]:
@@ -265,6 +316,7 @@ def _validate_open(
     min_gene_overlap: float,
     counts_required: bool,
     required_obs: Mapping[str, Sequence[str] | None],
+    gene_name_column: str | None,
     block_values: int,
 ) -> DatasetFacts:
     if adata.n_obs == 0:
@@ -273,23 +325,24 @@ def _validate_open(
         )
     if adata.n_vars == 0:
         raise InputValidationError(path, "the data set has no genes (0 variables)", "save the data with its genes")
+    _reject_duplicate_cells(path, adata.obs_names)
 
-    with _reading(path, ".X and .raw.X"):
-        candidates = _matrices(adata)
-    if not candidates:
-        raise InputValidationError(path, "neither .X nor .raw.X holds a matrix", "store the raw counts in .X or .raw.X")
-    stats: dict[CountsLocation, MatrixStats] = {}
-    for loc, matrix in candidates.items():
-        with _reading(path, f".{loc}"):
-            stats[loc] = _scan(loc, matrix, block_values)
-    counts_at = next((loc for loc in ("raw.X", "X") if loc in stats and stats[loc].is_counts), None)
-    used = counts_at or next(iter(stats))  # raw.X first when it exists
-    _reject_bad_values(path, stats[used], counts_required and counts_at is None, stats)
+    used, stats, counts_at = _find_counts(path, adata, block_values)
+    _reject_bad_values(path, stats[used], counts_required and counts_at is None, stats, _other_layers(adata))
 
-    with _reading(path, f"the gene names of .{used}"):
-        var_names = pd.Index(adata.raw.var_names if used == "raw.X" else adata.var_names).astype(str)
-    _reject_duplicate_genes(path, var_names, used)
-    overlap = _gene_overlap(path, var_names, model_genes, min_gene_overlap)
+    with _reading(path, f"the gene names of {_where(used)}"):
+        var = var_of(adata, used)
+    var_names = gene_symbols(var, gene_name_column)
+    if var_names is None:
+        raise InputValidationError(
+            path,
+            f"gene_name_column {gene_name_column!r} is not a column of the var of {_where(used)} "
+            f"(columns: {', '.join(map(str, var.columns)) or 'none'})",
+            "name the var column that holds gene symbols (CELLxGENE: feature_name), or leave gene_name_column "
+            "unset to match var_names",
+        )
+    _reject_duplicate_genes(path, var_names, used, gene_name_column)
+    overlap = _gene_overlap(path, var_names, model_genes, min_gene_overlap, var, gene_name_column)
     obs = adata.obs
     _reject_missing_obs(path, obs, required_obs)
 
@@ -300,6 +353,7 @@ def _validate_open(
         n_vars=len(var_names),
         counts_location=counts_at,
         matrix_used=used,
+        gene_name_column=gene_name_column,
         sparse=stats[used].sparse,
         max_value=stats[used].max_value,
         gene_overlap=overlap[0] if overlap else None,
@@ -308,6 +362,52 @@ def _validate_open(
         var_names_sample=list(var_names[:10]),
         obs_columns=[_obs_column_facts(name, obs[name]) for name in obs.columns],
     )
+
+
+def _find_counts(
+    path: Path, adata: ad.AnnData, block_values: int
+) -> tuple[CountsLocation, dict[CountsLocation, MatrixStats], CountsLocation | None]:
+    """Scan the candidate matrices in order until one holds counts.
+
+    Returns the matrix to use (the counts, else the first candidate), every scan made, and where the
+    counts are (None when no candidate holds them).
+    """
+    with _reading(path, "the matrices (.X, .raw.X, .layers)"):
+        candidates = _matrices(adata)
+    if not candidates:
+        raise InputValidationError(
+            path, "neither .X nor .raw.X holds a matrix", f"store the raw counts in {_COUNTS_PLACES}"
+        )
+    stats: dict[CountsLocation, MatrixStats] = {}
+    for loc, matrix in candidates.items():
+        with _reading(path, _where(loc)):
+            stats[loc] = _scan(loc, matrix, block_values)
+        if stats[loc].is_counts:
+            return loc, stats, loc
+    return next(iter(stats)), stats, None  # raw.X first when it exists
+
+
+def _where(location: CountsLocation) -> str:
+    """How a user writes the location in Python: .raw.X, .X, .layers["counts"]."""
+    if location.startswith("layers/"):
+        return f'.layers["{location.removeprefix("layers/")}"]'
+    return f".{location}"
+
+
+_COUNTS_PLACES = '.X, .raw.X or .layers["counts"]'
+
+
+def _reject_duplicate_cells(path: Path, obs_names: pd.Index) -> None:
+    """Cells are matched by name (query cells to their predictions): each name must be one cell."""
+    dupes = obs_names[obs_names.duplicated()].unique()
+    if len(dupes):
+        examples = ", ".join(map(str, dupes[:5]))
+        raise InputValidationError(
+            path,
+            f"duplicate cell names in obs_names ({_plural(len(dupes), 'name')} used more than once, e.g. {examples}); "
+            "cells are matched to their predictions by name",
+            "make them unique before saving (adata.obs_names_make_unique())",
+        )
 
 
 def _reading(path: Path, what: str) -> AbstractContextManager[None]:
@@ -321,7 +421,8 @@ def _reading(path: Path, what: str) -> AbstractContextManager[None]:
 
 
 def _matrices(adata: ad.AnnData) -> dict[CountsLocation, object]:
-    """The matrices counts may be in, raw.X first (where scanpy keeps counts once X is normalised)."""
+    """The matrices counts may be in, raw.X first (where scanpy keeps counts once X is normalised),
+    then X, then layers["counts"]; each as stored on disk, so a scan reads it in blocks."""
     found: dict[CountsLocation, object] = {}
     if adata.raw is not None and adata.raw.X is not None:
         found["raw.X"] = adata.raw.X
@@ -329,7 +430,25 @@ def _matrices(adata: ad.AnnData) -> dict[CountsLocation, object]:
     has_x = "X" in adata.file if adata.isbacked else True
     if has_x and adata.X is not None:
         found["X"] = adata.X
+    layer = _stored_layer(adata, COUNTS_LAYER)
+    if layer is not None:
+        found[f"layers/{COUNTS_LAYER}"] = layer
     return found
+
+
+def _stored_layer(adata: ad.AnnData, name: str) -> object | None:
+    """The layer as the file stores it (a backed sparse dataset, or an h5py dataset), not in memory."""
+    if not adata.isbacked:
+        return None
+    layers = adata.file["layers"] if "layers" in adata.file else None
+    if layers is None or name not in layers:
+        return None
+    element = layers[name]
+    return sparse_dataset(element) if isinstance(element, h5py.Group) else element
+
+
+def _other_layers(adata: ad.AnnData) -> list[str]:
+    return [str(k) for k in adata.layers.keys() if k != COUNTS_LAYER]
 
 
 def _blocks(matrix, block_values: int) -> Iterator[np.ndarray]:
@@ -369,8 +488,10 @@ def _scan(location: CountsLocation, matrix, block_values: int) -> MatrixStats:
     return stats
 
 
-def _reject_bad_values(path: Path, used: MatrixStats, need_counts: bool, all_stats: dict) -> None:
-    where = f".{used.location}"
+def _reject_bad_values(
+    path: Path, used: MatrixStats, need_counts: bool, all_stats: dict, other_layers: Sequence[str] = ()
+) -> None:
+    where = _where(used.location)
     if used.n_nonfinite:
         raise InputValidationError(
             path,
@@ -381,38 +502,63 @@ def _reject_bad_values(path: Path, used: MatrixStats, need_counts: bool, all_sta
         raise InputValidationError(
             path,
             f"{where} has {_plural(used.n_negative, 'negative value')}, so it is not expression counts (scaled or centred data?)",
-            "store the raw counts in .X or .raw.X",
+            f"store the raw counts in {_COUNTS_PLACES}",
         )
     if need_counts:
-        looked = " and ".join(f".{s.location}" for s in all_stats.values())
+        looked = _and(_where(s.location) for s in all_stats.values())
         verb = "hold" if len(all_stats) > 1 else "holds"
+        fix = (
+            "keep the raw counts (e.g. adata.raw = adata, or adata.layers['counts'] = adata.X.copy(), before "
+            "sc.pp.normalize_total/log1p), or pass counts_required=False if the model expects normalised values"
+        )
+        if other_layers:
+            first = other_layers[0]
+            fix = (
+                f"if one of its layers ({', '.join(map(repr, other_layers[:10]))}) holds the raw counts, store it "
+                f"as layers['counts'] (adata.layers['counts'] = adata.layers[{first!r}]); else {fix}"
+            )
         raise InputValidationError(
             path,
             f"{looked} {verb} no raw counts: {_plural(used.n_noninteger, 'value')} in {where} are not whole numbers "
-            f"(max {used.max_value:.4g}; log-normalised data?). STACK needs raw counts in .raw.X or .X",
-            "keep the raw counts (e.g. adata.raw = adata before sc.pp.normalize_total/log1p), "
-            "or pass counts_required=False if the model expects normalised values",
+            f"(max {used.max_value:.4g}; log-normalised data?). STACK needs raw counts in {_COUNTS_PLACES}",
+            fix,
         )
+
+
+def _and(items: Iterable[str]) -> str:
+    items = list(items)
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
-def _reject_duplicate_genes(path: Path, var_names: pd.Index, location: CountsLocation) -> None:
+def _reject_duplicate_genes(
+    path: Path, var_names: pd.Index, location: CountsLocation, gene_name_column: str | None = None
+) -> None:
     upper = var_names.str.upper()
     dupes = upper[upper.duplicated()].unique()
     if len(dupes):
         examples = ", ".join(dupes[:5])
+        names = f"var[{gene_name_column!r}]" if gene_name_column else "the genes"
+        fix = "make them unique (adata.var_names_make_unique()) or sum the duplicated genes"
+        if gene_name_column:
+            fix = f"make the values of var[{gene_name_column!r}] unique or sum the duplicated genes"
         raise InputValidationError(
             path,
-            f"duplicate gene names in the genes of .{location} ({_plural(len(dupes), 'name')}, compared upper-cased: {examples})",
-            "make them unique (adata.var_names_make_unique()) or sum the duplicated genes",
+            f"duplicate gene names in {names} of {_where(location)} ({_plural(len(dupes), 'name')}, compared upper-cased: {examples})",
+            fix,
         )
 
 
 def _gene_overlap(
-    path: Path, var_names: pd.Index, model_genes: Sequence[str] | None, threshold: float
+    path: Path,
+    var_names: pd.Index,
+    model_genes: Sequence[str] | None,
+    threshold: float,
+    var: pd.DataFrame | None = None,
+    gene_name_column: str | None = None,
 ) -> tuple[float, int] | None:
     if not model_genes:
         return None
@@ -420,14 +566,35 @@ def _gene_overlap(
     matched = len(model & set(var_names.str.upper()))
     fraction = matched / len(model)
     if fraction < threshold:
+        named = f"var[{gene_name_column!r}]" if gene_name_column else "var_names"
         raise InputValidationError(
             path,
             f"gene overlap with the model is {fraction:.1%} ({matched} of {len(model)} model genes), "
-            f"below the required {threshold:.0%}; genes look like {', '.join(var_names[:3])}",
-            "use gene symbols (not Ensembl ids) for var_names, include all measured genes (not only highly "
-            "variable ones), or lower model.min_gene_overlap",
+            f"below the required {threshold:.0%}; genes ({named}) look like {', '.join(var_names[:3])}",
+            _overlap_fix(var, model, matched, gene_name_column),
         )
     return fraction, matched
+
+
+def _overlap_fix(var: pd.DataFrame | None, model: set[str], matched: int, gene_name_column: str | None) -> str:
+    """Name the gene names that would match better: a var column (CELLxGENE's feature_name), or var_names."""
+    if var is not None:
+        better = suggest_gene_column(var, sorted(model), current=gene_name_column)
+        if better and better[1] > matched:
+            column, hits = better
+            return (
+                f"set gene_name_column={column!r}: var[{column!r}] holds {hits} of the {len(model)} model genes "
+                "(symbols there, other ids in var_names, as CELLxGENE files have them)"
+            )
+        if gene_name_column is not None:
+            hits = len(model & set(var.index.astype(str).str.upper()))
+            if hits > matched:
+                return f"leave gene_name_column unset: var_names hold {hits} of the {len(model)} model genes"
+    return (
+        "use gene symbols (not Ensembl ids) for var_names or name the var column that holds them "
+        "(gene_name_column), include all measured genes (not only highly variable ones), or lower "
+        "model.min_gene_overlap"
+    )
 
 
 def _reject_missing_obs(path: Path, obs: pd.DataFrame, required: Mapping[str, Sequence[str] | None]) -> None:
@@ -438,7 +605,7 @@ def _reject_missing_obs(path: Path, obs: pd.DataFrame, required: Mapping[str, Se
                 f"obs column {column!r} is missing (columns: {', '.join(map(str, obs.columns)) or 'none'})",
                 "name one of the existing columns, or add the column to adata.obs",
             )
-        present = set(obs[column].astype(str).unique())
+        present = set(obs_strings(obs[column]).dropna().unique())  # NaN is no value
         missing = [v for v in values or [] if str(v) not in present]
         if missing:
             shown = ", ".join(sorted(present)[:20])
@@ -461,6 +628,7 @@ def _obs_column_facts(name: str, column: pd.Series) -> ObsColumnFacts:
     n_unique = int(column.nunique(dropna=True))
     counts = None
     if kind in ("categorical", "boolean") or n_unique <= LOW_CARDINALITY:
-        vc = column.astype(str).value_counts().head(LOW_CARDINALITY)
+        vc = obs_strings(column).value_counts().head(LOW_CARDINALITY)  # missing values are not counted as one
         counts = {str(k): int(v) for k, v in vc.items()}
-    return ObsColumnFacts(name=str(name), kind=kind, n_unique=n_unique, value_counts=counts)
+    n_missing = int(column.isna().sum())
+    return ObsColumnFacts(name=str(name), kind=kind, n_unique=n_unique, n_missing=n_missing, value_counts=counts)

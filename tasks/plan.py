@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from clients.llm.usage import AgentUsage
-from inference.contract import MAX_SEED, MAX_STEPS, Precision, StackJobSpec
+from inference.contract import MAX_SEED, MAX_STEPS, MatrixLocation, Precision, StackJobSpec
 
 __all__ = ["AgentUsage", "Findings", "ObsFilter", "PlanProposal", "RunPlan"]
 
@@ -67,16 +67,26 @@ class RunPlan(PlanProposal):
         checkpoint_uri: str,
         gene_list_uri: str,
         output_prefix: str,
+        prompt_matrix: MatrixLocation | None = None,
+        query_matrix: MatrixLocation | None = None,
+        counts_required: bool = True,
+        gene_name_column: str | None = None,
         **job_options: Any,
     ) -> StackJobSpec:
         """The GPU job that carries this plan out on the staged inputs.
 
-        ``job_options`` passes the job's own knobs (``batch_size``, ``chunk_size``, ``device``).
+        ``prompt_matrix``/``query_matrix`` are where validation found each input's counts
+        (``StagedInput.facts.matrix_used``): the job reads exactly those, so what was checked is
+        what runs. ``job_options`` passes the job's own knobs (``batch_size``, ``chunk_size``, ``device``).
         """
         return StackJobSpec(
             mode="generate",
             prompt_uri=prompt_uri,
             query_uri=query_uri,
+            prompt_matrix=prompt_matrix,
+            query_matrix=query_matrix,
+            counts_required=counts_required,
+            gene_name_column=gene_name_column,
             checkpoint_uri=checkpoint_uri,
             gene_list_uri=gene_list_uri,
             output_prefix=output_prefix,

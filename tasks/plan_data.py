@@ -18,6 +18,8 @@ import h5py
 import pandas as pd
 from anndata.io import read_elem
 
+from inference.data import obs_strings
+
 if TYPE_CHECKING:
     from tasks.staging import StagedInput
 
@@ -42,7 +44,8 @@ class ObsTable:
         return len(self.obs)
 
     def column_strings(self, column: str) -> pd.Series:
-        return self.obs[column].astype(str)
+        """Values as strings; a missing value (NaN) stays missing, never a value 'nan' to plan with."""
+        return obs_strings(self.obs[column])
 
     def mask(self, obs_filter: dict[str, list[str]] | None) -> pd.Series:
         """Cells whose obs[column] is one of the values, for every column; unknown columns raise KeyError."""
@@ -83,6 +86,9 @@ class ObsTable:
             }
             if len(counts) > len(shown):
                 described["more_values_not_listed"] = len(counts) - len(shown)
+            missing = int(series.isna().sum())
+            if missing:
+                described["cells_without_a_value"] = missing  # NaN: no value to split or filter on
             return described
         numeric = pd.to_numeric(series, errors="coerce")
         return {

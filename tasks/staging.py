@@ -94,8 +94,12 @@ def validate_input(
     counts_required: bool = True,
     required_obs: Mapping[str, Sequence[str] | None] | None = None,
     min_gene_overlap: float | None = None,
+    gene_name_column: str | None = None,
 ) -> DatasetFacts:
-    """Open the h5ad and check it (format, shape, values, genes, obs columns) before anything is spent."""
+    """Open the h5ad and check it (format, shape, values, genes, obs columns) before anything is spent.
+
+    ``gene_name_column`` names the var column with gene symbols when var_names are other ids.
+    """
     logger = get_run_logger()
     settings = get_settings()
     gene_list_uri = gene_list_uri or settings.model.gene_list_uri
@@ -108,16 +112,18 @@ def validate_input(
         min_gene_overlap=threshold,
         counts_required=counts_required,
         required_obs=required_obs,
+        gene_name_column=gene_name_column,
     )
     overlap = "not checked (no gene list)"
     if facts.gene_overlap is not None:
         overlap = f"{facts.gene_overlap:.1%} of {facts.model_genes} model genes"
     logger.info(
-        "%s: %d cells x %d genes, counts in %s, gene overlap %s",
+        "%s: %d cells x %d genes, counts in %s (STACK reads %s), gene overlap %s",
         source,
         facts.n_obs,
         facts.n_vars,
         facts.counts_location or "none (not required)",
+        facts.matrix_used,
         overlap,
     )
     return facts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import pickle
 import re
 from collections.abc import Callable
@@ -152,6 +153,53 @@ def _counts(p: Path) -> Path:
     return write(p, sp.csr_matrix(counts()))
 
 
+def _duplicate_cells(p: Path) -> Path:
+    obs = cells()
+    obs.index = [f"c{i // 2}" for i in range(N_OBS)]  # two cells per name, as concatenated batches have
+    return write(p, counts(), obs=obs)
+
+
+def _gzipped(p: Path) -> Path:
+    plain = _counts(p.with_name("plain.h5ad"))
+    p.write_bytes(gzip.compress(plain.read_bytes()))
+    return p
+
+
+def _directory(p: Path) -> Path:
+    p.mkdir()
+    _counts(p / "inside.h5ad")
+    return p
+
+
+def _zarr_store(p: Path) -> Path:
+    store = p.with_suffix(".zarr")
+    ad.AnnData(X=counts(), obs=cells(), var=pd.DataFrame(index=GENES)).write_zarr(store)
+    return store
+
+
+def _lognorm_with_layers(p: Path) -> Path:
+    adata = ad.AnnData(X=log_normalised(counts()), obs=cells(), var=pd.DataFrame(index=GENES))
+    adata.layers["spliced"] = log_normalised(counts(seed=1))
+    adata.write_h5ad(p)
+    return p
+
+
+def _ensembl_ids_with_symbols(p: Path) -> Path:
+    """CELLxGENE style: Ensembl ids in var_names, the symbols in var["feature_name"]."""
+    var = pd.DataFrame({"feature_name": GENES}, index=[f"ENSG{i:011d}" for i in range(N_VARS)])
+    adata = ad.AnnData(X=counts(), obs=cells(), var=var)
+    adata.write_h5ad(p)
+    return p
+
+
+def _missing_obs_values(p: Path) -> Path:
+    obs = cells()
+    obs["cell_type"] = obs["cell_type"].cat.add_categories([]).astype(object)
+    obs.loc[obs.index[:4], "cell_type"] = np.nan
+    obs["cell_type"] = pd.Categorical(obs["cell_type"])
+    return write(p, counts(), obs=obs)
+
+
 CORPUS: dict[str, tuple[Callable[[Path], Path], dict, str]] = {
     "missing_file": (_missing, {}, "file not found"),
     "empty_file": (_empty_file, {}, r"the file is empty \(0 bytes\)"),
@@ -176,6 +224,26 @@ CORPUS: dict[str, tuple[Callable[[Path], Path], dict, str]] = {
         {"required_obs": {"bulk_labels": None}},
         r"obs column 'bulk_labels' is missing \(columns: cell_type, donor, depth\)",
     ),
+    "duplicate_cells": (_duplicate_cells, {}, r"duplicate cell names in obs_names \(20 names used more than once, e\.g\. c0"),
+    "gzipped_h5ad": (_gzipped, {}, r"gzip-compressed"),
+    "directory": (_directory, {}, r"^a directory, not a file$"),
+    "zarr_store": (_zarr_store, {}, r"a directory, not a file: it looks like a zarr store"),
+    "lognorm_with_other_layers": (_lognorm_with_layers, {}, r"^\.X holds no raw counts"),
+    "ensembl_ids_symbols_in_column": (
+        _ensembl_ids_with_symbols,
+        {"model_genes": MODEL_GENES},
+        r"gene overlap with the model is 0\.0% .*genes \(var_names\) look like ENSG",
+    ),
+    "gene_name_column_missing": (
+        _counts,
+        {"gene_name_column": "feature_name"},
+        r"gene_name_column 'feature_name' is not a column of the var of \.X \(columns: none\)",
+    ),
+    "nan_is_not_a_required_value": (
+        _missing_obs_values,
+        {"required_obs": {"cell_type": ["nan"]}},
+        r"obs column 'cell_type' has no cells with value\(s\) 'nan' \(values: B, Mono, NK, T\)",
+    ),
     "missing_obs_value": (
         _counts,
         {"required_obs": {"cell_type": ["B", "Dendritic"]}},
@@ -197,6 +265,29 @@ def test_storage_validation_rejects_broken_input(case: str, tmp_path: Path) -> N
     assert error.fix  # every error says what to do
     assert str(error) == f"{path}: {error.problem}. Fix: {error.fix}"
     assert re.search(problem, error.problem), error.problem
+
+
+# The fix each of these names, beyond the problem the corpus checks.
+FIXES = {
+    "duplicate_cells": r"adata\.obs_names_make_unique\(\)",
+    "gzipped_h5ad": r"gunzip -c gzipped_h5ad\.h5ad > gzipped_h5ad\.decompressed\.h5ad",
+    "directory": r"name the \.h5ad file itself, not the directory that holds it \(it holds inside\.h5ad\)",
+    "zarr_store": r"anndata\.read_zarr\('.*zarr_store\.zarr'\)\.write_h5ad\('zarr_store\.h5ad'\)",
+    "lognorm_with_other_layers": r"layers \('spliced'\) holds the raw counts, store it as layers\['counts'\] "
+    r"\(adata\.layers\['counts'\] = adata\.layers\['spliced'\]\)",
+    "ensembl_ids_symbols_in_column": r"^set gene_name_column='feature_name': var\['feature_name'\] holds 30 of the 30",
+}
+
+
+@pytest.mark.parametrize("case", sorted(FIXES))
+def test_storage_validation_fix_says_what_to_do(case: str, tmp_path: Path) -> None:
+    build, kwargs, _ = CORPUS[case]
+    path = build(tmp_path / f"{case}.h5ad")
+
+    with pytest.raises(InputValidationError) as caught:
+        validate_h5ad(path, **kwargs)
+
+    assert re.search(FIXES[case], caught.value.fix), caught.value.fix
 
 
 def test_storage_validation_corpus_is_big_enough() -> None:
@@ -267,3 +358,58 @@ def test_storage_validation_gene_list_reading(tmp_path: Path) -> None:
         read_gene_list(empty)
     with pytest.raises(InputValidationError, match="gene list file not found"):
         read_gene_list(tmp_path / "nope.pkl")
+
+
+def test_storage_validation_prefers_counts_in_x_over_lognormalised_raw(tmp_path: Path) -> None:
+    """The issue's file: counts in .X, log-normalised .raw: STACK must read .X, and the facts say so."""
+    raw = counts()
+    path = write(tmp_path / "x_counts.h5ad", sp.csr_matrix(raw), raw_X=sp.csr_matrix(log_normalised(raw)))
+
+    facts = validate_h5ad(path, model_genes=MODEL_GENES)
+
+    assert facts.counts_location == "X" and facts.matrix_used == "X"
+
+
+def test_storage_validation_finds_counts_in_the_counts_layer(tmp_path: Path) -> None:
+    raw = counts()
+    adata = ad.AnnData(X=log_normalised(raw), obs=cells(), var=pd.DataFrame(index=GENES))
+    adata.layers["counts"] = sp.csr_matrix(raw)
+    adata.raw = ad.AnnData(X=sp.csr_matrix(log_normalised(raw)), obs=adata.obs, var=adata.var)
+    adata.write_h5ad(tmp_path / "layer.h5ad")
+
+    facts = validate_h5ad(tmp_path / "layer.h5ad", model_genes=MODEL_GENES, block_values=50)
+
+    assert facts.counts_location == "layers/counts" and facts.matrix_used == "layers/counts"
+    assert facts.sparse and facts.max_value == raw.max() and facts.n_vars == N_VARS
+
+
+def test_storage_validation_matches_genes_by_the_gene_name_column(tmp_path: Path) -> None:
+    path = _ensembl_ids_with_symbols(tmp_path / "cellxgene.h5ad")
+
+    facts = validate_h5ad(path, model_genes=MODEL_GENES, gene_name_column="feature_name")
+
+    assert facts.gene_overlap == 1.0 and facts.gene_name_column == "feature_name"
+    assert facts.var_names_sample[:2] == GENES[:2]
+
+
+def test_storage_validation_gene_name_column_of_raw_falls_back_to_var(tmp_path: Path) -> None:
+    """raw.X's genes are named by raw.var; a column only var has applies when both list the same genes."""
+    raw = counts()
+    var = pd.DataFrame({"feature_name": GENES}, index=[f"ENSG{i:011d}" for i in range(N_VARS)])
+    adata = ad.AnnData(X=log_normalised(raw), obs=cells(), var=var)
+    adata.raw = ad.AnnData(X=sp.csr_matrix(raw), obs=adata.obs, var=pd.DataFrame(index=var.index))
+    adata.write_h5ad(tmp_path / "raw.h5ad")
+
+    facts = validate_h5ad(tmp_path / "raw.h5ad", model_genes=MODEL_GENES, gene_name_column="feature_name")
+
+    assert facts.matrix_used == "raw.X" and facts.gene_overlap == 1.0
+
+
+def test_storage_validation_missing_obs_values_are_no_value(tmp_path: Path) -> None:
+    path = _missing_obs_values(tmp_path / "nan.h5ad")
+
+    facts = validate_h5ad(path, required_obs={"cell_type": ["B"]})
+
+    cell_type = facts.obs_column("cell_type")
+    assert "nan" not in cell_type.value_counts and cell_type.n_missing == 4
+    assert sum(cell_type.value_counts.values()) == N_OBS - 4
