@@ -47,7 +47,7 @@ GPU_SLOT_LEASE_S = 60
 )
 def analysis_run(request: AnalysisRequest) -> AnalysisReport:
     """Answer ``request.question`` with STACK in-context generation; returns the report."""
-    pass  # check_request_uris(request)  # the allowed roots hold for runs the UI or Prefect's API created too
+    check_request_uris(request)  # the allowed roots hold for runs the UI or Prefect's API created too
     settings = get_settings()
     run_id = str(FlowRunContext.get().flow_run.id)
     run_prefix = join_uri(settings.storage_root, "runs", run_id)
