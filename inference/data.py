@@ -166,19 +166,21 @@ def align_counts(
     matrix: MatrixLocation | None = None,
     gene_name_column: str | None = None,
     counts_required: bool = True,
+    matrix_field: str = "matrix",
 ) -> CountMatrix:
     """Counts of ``adata`` at ``matrix`` in ``model_genes`` order; missing genes are zero.
 
     ``matrix`` None reads arc-stack's choice (raw.X when there is a .raw, else X). With
     ``counts_required`` a matrix that is not whole numbers is refused: STACK's likelihood is over
-    counts, and log-normalised values would run to completion on the wrong data.
+    counts, and log-normalised values would run to completion on the wrong data. ``matrix_field``
+    is the spec field the messages tell the user to set.
     """
     location = resolve_matrix(adata, matrix)
     values = matrix_at(adata, location)
     if values is None:
         raise InputError(
-            f"{name}: the spec names the matrix {location}, which the file does not have; set the "
-            "spec's prompt_matrix/query_matrix to where the counts are (raw.X, X or layers/counts)"
+            f"{name}: the spec names the matrix {location}, which the file does not have; set "
+            f"{matrix_field} to where the counts are (raw.X, X or layers/counts)"
         )
     var = var_of(adata, location)
     symbols = gene_symbols(var, gene_name_column)
@@ -195,7 +197,7 @@ def align_counts(
     cols = src_cols[present]
     block = values[:, cols] if not sp.issparse(values) else values.tocsc()[:, cols]
     block = block.toarray() if sp.issparse(block) else np.asarray(block)
-    _check_counts(block, name=name, location=location, counts_required=counts_required)
+    _check_counts(block, name=name, location=location, counts_required=counts_required, matrix_field=matrix_field)
     counts[:, present] = block.astype(np.float32, copy=False)
     return CountMatrix(counts=counts, obs=adata.obs.copy(), genes_present=present, matrix=location)
 
@@ -215,7 +217,7 @@ def _no_overlap_message(
     return message + "; var_names must be gene symbols of the species the model was trained on"
 
 
-def _check_counts(block: np.ndarray, *, name: str, location: str, counts_required: bool) -> None:
+def _check_counts(block: np.ndarray, *, name: str, location: str, counts_required: bool, matrix_field: str) -> None:
     """Refuse values no expression matrix has, and (when counts are required) any fraction."""
     if not np.isfinite(block).all():
         raise InputError(f"{name}: the count matrix ({location}) has NaN or infinite values; pass raw counts")
@@ -229,8 +231,9 @@ def _check_counts(block: np.ndarray, *, name: str, location: str, counts_require
             example = float(block[fractional][0])
             raise InputError(
                 f"{name}: {location} is not raw counts: {int(fractional.sum())} of its values on the model's "
-                f"genes are not whole numbers (e.g. {example:.4g}; log-normalised data?); point the spec's "
-                "prompt_matrix/query_matrix at the counts (validation finds them), or set counts_required=False"
+                f"genes are not whole numbers (e.g. {example:.4g}; log-normalised data?); point {matrix_field} "
+                "at the counts (validation finds them), or set counts_required=False if the model expects "
+                "normalised values"
             )
 
 

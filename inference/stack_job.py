@@ -23,6 +23,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
+from typing import Literal
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -40,7 +41,6 @@ from inference.contract import (
     PREDICTIONS_FILE,
     SUMMARY_FILE,
     JobManifest,
-    MatrixLocation,
     PredictionSummary,
     StackJobSpec,
 )
@@ -113,12 +113,17 @@ def read_cells(
 ) -> tuple[ad.AnnData, CountMatrix]:
     """The query: its filtered cells, and their counts from the matrix the spec names."""
     adata = apply_obs_filter(read_h5ad(str(path), name=name), obs_filter, name=name)
-    return adata, align_counts(adata, genes, name=name, **count_options(spec, spec.query_matrix))
+    return adata, align_counts(adata, genes, name=name, **count_options(spec, "query"))
 
 
-def count_options(spec: StackJobSpec, matrix: MatrixLocation | None) -> dict:
-    """What :func:`align_counts` needs from the spec for one input: the same for every split."""
-    return {"matrix": matrix, "gene_name_column": spec.gene_name_column, "counts_required": spec.counts_required}
+def count_options(spec: StackJobSpec, side: Literal["prompt", "query"]) -> dict:
+    """What :func:`align_counts` needs from the spec for one input: the matrix validation chose."""
+    return {
+        "matrix": getattr(spec, f"{side}_matrix"),
+        "matrix_field": f"{side}_matrix",
+        "gene_name_column": spec.gene_name_column,
+        "counts_required": spec.counts_required,
+    }
 
 
 class StackJob:
@@ -160,7 +165,7 @@ class StackJob:
             prompt_adata = apply_obs_filter(read_h5ad(str(prompt_path), name=name), spec.prompt_obs_filter, name=name)
             splits = select_split_values(prompt_adata.obs, spec.split_column, spec.split_values, name=name)
             column = obs_strings(prompt_adata.obs[spec.split_column])
-            options = count_options(spec, spec.prompt_matrix)
+            options = count_options(spec, "prompt")
             for value in splits:
                 prompts[value] = align_counts(prompt_adata[(column == value).to_numpy()], genes, name=name, **options)
         device = resolve_device(spec.device)

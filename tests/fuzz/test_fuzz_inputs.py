@@ -35,6 +35,7 @@ from hypothesis.errors import InvalidArgument
 from PIL import Image
 
 from clients.ocr import DocumentError, DocumentReader, OcrSettings
+from inference.data import matrix_at
 from tasks.h5ad_validation import DatasetFacts, InputValidationError, validate_h5ad
 
 SCALE = max(1, int(os.environ.get("FUZZ_EXAMPLES_SCALE", "1")))
@@ -226,7 +227,7 @@ def odd_anndata(draw) -> tuple[ad.AnnData, dict]:
     for column in draw(st.lists(st.sampled_from(["cell_type", "donor", "depth", "flag", "n", "empty"]), unique=True, max_size=4)):
         kind = draw(st.sampled_from(["categorical", "text", "float", "int", "bool"]))
         if kind in ("categorical", "text"):
-            values = draw(st.lists(st.sampled_from(ODD_TEXT), min_size=n_obs, max_size=n_obs))
+            values = draw(st.lists(st.sampled_from([*ODD_TEXT, None]), min_size=n_obs, max_size=n_obs))  # None: NaN
             obs[column] = pd.Categorical(values) if kind == "categorical" else values
         elif kind == "float":
             obs[column] = np.array(draw(st.lists(st.sampled_from(ODD_VALUES), min_size=n_obs, max_size=n_obs)), dtype=float)
@@ -238,6 +239,10 @@ def odd_anndata(draw) -> tuple[ad.AnnData, dict]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # anndata warns about non-unique names; that is the point
         adata = ad.AnnData(X=matrix(n_obs, n_vars), obs=obs, var=pd.DataFrame(index=gene_names))
+        if draw(st.booleans()):  # symbols in a var column, CELLxGENE style
+            adata.var["feature_name"] = draw(st.lists(genes, min_size=n_vars, max_size=n_vars))
+        if draw(st.booleans()):
+            adata.layers["counts"] = matrix(n_obs, n_vars)
         if draw(st.booleans()):
             raw_vars = draw(st.integers(0, 6))
             raw_names = draw(st.lists(st.sampled_from(["Gene0", "gene0", "Gene1", "Gene3", "X"]), min_size=raw_vars, max_size=raw_vars))
@@ -246,6 +251,8 @@ def odd_anndata(draw) -> tuple[ad.AnnData, dict]:
             adata.X = None
 
     kwargs: dict = {"counts_required": draw(st.booleans()), "block_values": draw(st.sampled_from([1, 3, 1024]))}
+    if draw(st.booleans()):
+        kwargs["gene_name_column"] = draw(st.sampled_from(["feature_name", "absent"]))
     if draw(st.booleans()):
         kwargs["model_genes"] = draw(st.lists(st.sampled_from(["GENE0", "gene1", "Gene2", "GENE9"]), max_size=4))
         kwargs["min_gene_overlap"] = draw(st.sampled_from([0.0, 0.5, 1.0]))
@@ -273,7 +280,7 @@ def test_fuzz_h5ad_odd_but_valid_anndata_gets_facts_or_input_validation_error(tm
         assert not any(d in result.problem for d in DAMAGED), result.problem
         return
     assert result.n_obs == adata.n_obs > 0
-    used = adata.raw.X if result.matrix_used == "raw.X" else adata.X
+    used = matrix_at(adata, result.matrix_used)  # what the job would read
     values = used.data if sp.issparse(used) else np.asarray(used)
     assert np.isfinite(values.astype(np.float64)).all() and (values >= 0).all()
 
