@@ -9,25 +9,32 @@ creates a flow run of the configured deployment and returns at once; a worker ru
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime, timedelta, timezone
 from typing import Annotated
 from uuid import UUID
 
 import httpx
-from fastapi import Depends, FastAPI, Header, HTTPException, Request, status
+from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.exceptions import PrefectHTTPStatusError
 from prefect.settings import get_current_settings
 
-from api import runs
+from api import files, idempotency, runs
 from api.auth import require_token
+from api.errors import request_validation_error
 from api.limits import BodySizeLimit
 from api.models import Health, RunView
-from api.uris import default_roots, refused_uris
 from clients.settings import Settings, get_settings
+from clients.storage.roots import allowed_roots, refused_uris, request_uris
 from flows.models import AnalysisRequest
+
+REPLAYED = "Idempotent-Replayed"
 
 
 class ApiMisconfigured(RuntimeError):
@@ -60,7 +67,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         raise ApiMisconfigured("STACKFLOWS_API__TOKEN is not set: the API refuses to run without a bearer token")
     api_url = _prefect_api_url()
     ui_url = (settings.api.ui_url or get_current_settings().ui_url or api_url.removesuffix("/api")).rstrip("/")
-    roots = settings.api.allowed_uri_prefixes or default_roots(settings.data_dir, settings.storage_root)
+    roots = allowed_roots(settings)
+    window = settings.api.default_idempotency_window_s
+    browser_url = files.browser_url(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -71,7 +80,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.trigger_slots = asyncio.Semaphore(settings.api.trigger_concurrency)
             yield
 
-    app = FastAPI(
+    # FastAPIOffline: /docs and /redoc load Swagger UI and ReDoc from files the app serves itself
+    # (shipped in the fastapi-offline wheel), not from a CDN, so they work with no internet.
+    app = FastAPIOffline(
         title="stackflows",
         version="0.1.0",
         summary="Trigger and follow single-cell analysis runs (STACK on GPUs) orchestrated by Prefect.",
@@ -79,6 +90,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.token = settings.api.token.get_secret_value().encode()
     app.add_middleware(BodySizeLimit, max_bytes=settings.api.max_body_bytes)
+    app.add_exception_handler(RequestValidationError, request_validation_error)
+    app.include_router(files.router(settings))
 
     authed = [Depends(require_token)]
     common = {
@@ -94,6 +107,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(runs.RunConflict)
     async def _conflict(_: Request, exc: runs.RunConflict) -> JSONResponse:
+        return JSONResponse(status_code=409, content={"detail": str(exc)})
+
+    @app.exception_handler(runs.IdempotencyConflict)
+    async def _key_conflict(_: Request, exc: runs.IdempotencyConflict) -> JSONResponse:
         return JSONResponse(status_code=409, content={"detail": str(exc)})
 
     @app.exception_handler(runs.DeploymentNotFound)
@@ -124,6 +141,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         dependencies=authed,
         responses={
             **common,
+            200: {"model": RunView, "description": f"A replay: the key names a run of this request ({REPLAYED}: true)."},
+            202: {"description": f"A new run was created ({REPLAYED}: false)."},
+            409: {"description": "The Idempotency-Key already names a run of a different request."},
             422: {"description": "Invalid request, or a URI outside the allowed roots."},
             503: {"description": "Prefect API unreachable or busy; retry after Retry-After seconds."},
         },
@@ -132,37 +152,53 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body: AnalysisRequest,
         client: Client,
         request: Request,
+        response: Response,
         idempotency_key: Annotated[
             str | None,
             Header(
                 min_length=1,
                 max_length=200,
-                description="Same key, same run. Default: a hash of the request body.",
+                description=(
+                    "Same key, same request: the same run (200, a replay). Same key, another request: 409. "
+                    "Default: a hash of the request and its inputs' identity, honoured for "
+                    "STACKFLOWS_API__DEFAULT_IDEMPOTENCY_WINDOW_S."
+                ),
             ),
         ] = None,
     ) -> RunView:
         """Start an analysis run. Returns at once with the run's id, state and UI link."""
-        refused = refused_uris(body, roots)
+        refused = refused_uris(request_uris(body), roots)
         if refused:
             raise HTTPException(
                 status_code=422,
                 detail=[{"loc": ["body", *f.split(".")], "msg": msg, "type": "uri_not_allowed"} for f, msg in refused],
             )
-        key = idempotency_key or runs.idempotency_key_for(body)
-        try:
-            async with request.app.state.trigger_slots:
-                run = await runs.trigger(client, settings.api.deployment, body, key)
-        except PrefectHTTPStatusError as e:
-            if e.response.status_code in (409, 422):
-                raise HTTPException(status_code=422, detail=f"Prefect refused the parameters: {e.response.text}")
-            raise
-        return runs.view(run, ui_url)
+        deployment = await runs.deployment_of(client, settings.api.deployment)
+        triggered = None
+        key = idempotency_key
+        if key is None:
+            digest = await asyncio.to_thread(idempotency.request_digest, body)  # reads the inputs' metadata
+            key, previous = idempotency.default_keys(digest, time.time(), window)
+            now = datetime.now(timezone.utc)
+            found = await runs.recent_run_with_key(client, deployment, [key, previous], timedelta(seconds=window), now)
+            triggered = runs.Triggered(found, replayed=True) if found else None
+        if triggered is None:
+            try:
+                async with request.app.state.trigger_slots:
+                    triggered = await runs.trigger(client, deployment, body, key)
+            except PrefectHTTPStatusError as e:
+                if e.response.status_code in (409, 422):
+                    raise HTTPException(status_code=422, detail=f"Prefect refused the parameters: {e.response.text}")
+                raise
+        response.status_code = status.HTTP_200_OK if triggered.replayed else status.HTTP_202_ACCEPTED
+        response.headers[REPLAYED] = "true" if triggered.replayed else "false"
+        return runs.view(triggered.run, ui_url)
 
     @app.get("/runs/{run_id}", response_model=RunView, dependencies=authed, responses={**common, **not_found})
     async def read_run(run_id: UUID, client: Client) -> RunView:
         """State, progress (from the run's progress artifact) and links to the report artifacts."""
         run = await runs.read_run(client, run_id)
-        return runs.view(run, ui_url, await runs.run_artifacts(client, run_id))
+        return runs.view(run, ui_url, await runs.run_artifacts(client, run_id), browser_url)
 
     @app.post(
         "/runs/{run_id}/cancel",

@@ -32,6 +32,10 @@ class ArtifactLink(BaseModel):
     type: str | None = None
     description: str | None = None
     link: str | None = Field(default=None, description="The target of link and image artifacts.")
+    url: str | None = Field(
+        default=None,
+        description="For a link to a run output: a signed URL, valid from now on, at which a browser opens it.",
+    )
     ui_url: str
     flow_run_id: UUID | None = None
 

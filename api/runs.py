@@ -6,25 +6,32 @@ exceptions below to status codes.
 
 from __future__ import annotations
 
-import hashlib
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from uuid import UUID
 
 from prefect.client.orchestration import PrefectClient
-from pydantic import TypeAdapter
+from prefect.client.schemas.actions import DeploymentFlowRunCreate
 from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterFlowRunId,
+    ArtifactFilterType,
+    FlowFilter,
+    FlowFilterId,
     FlowRunFilter,
+    FlowRunFilterIdempotencyKey,
     FlowRunFilterParentFlowRunId,
 )
 from prefect.client.schemas.objects import Artifact, FlowRun, StateType
-from prefect.client.schemas.responses import SetStateStatus
+from prefect.client.schemas.responses import DeploymentResponse, SetStateStatus
 from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort
-from prefect.deployments import arun_deployment
 from prefect.exceptions import ObjectNotFound
-from prefect.states import AwaitingRetry, Cancelled, Cancelling
+from prefect.states import AwaitingRetry, Cancelled, Cancelling, Scheduled, to_state_create
+from pydantic import TypeAdapter
 
+from api.idempotency import same_request
 from api.models import ArtifactLink, Progress, RunState, RunView
 from flows.models import AnalysisRequest
 
@@ -41,32 +48,73 @@ class RunConflict(RuntimeError):
     """The run's state does not allow what was asked (cancel a finished run, retry a running one)."""
 
 
+class IdempotencyConflict(RuntimeError):
+    """An Idempotency-Key already names a run of a different request; the message names both."""
+
+
+@dataclass(frozen=True)
+class Triggered:
+    run: FlowRun
+    replayed: bool  # True: the key named a run that already existed, returned as it is
+
+
 FINAL_STATES = {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
 MAX_LISTED = 200  # subflows and artifacts read per run: a run makes a handful
 NOT_STARTED = {StateType.SCHEDULED, StateType.PAUSED}
 
 
-def idempotency_key_for(request: AnalysisRequest) -> str:
-    """The same request twice is the same run: sha256 of its canonical JSON."""
-    return "request-sha256-" + hashlib.sha256(request.model_dump_json().encode()).hexdigest()
-
-
-async def trigger(client: PrefectClient, deployment: str, request: AnalysisRequest, idempotency_key: str) -> FlowRun:
-    """Create the flow run and return at once (``timeout=0``); a repeated key returns the first run."""
+async def deployment_of(client: PrefectClient, deployment: str) -> DeploymentResponse:
     try:
-        return await arun_deployment(
-            deployment,
-            client=client,
-            parameters={"request": request.model_dump(mode="json")},
-            timeout=0,
-            idempotency_key=idempotency_key,
-            as_subflow=False,
-        )
+        return await client.read_deployment_by_name(deployment)
     except ObjectNotFound as e:
         raise DeploymentNotFound(
             f"deployment '{deployment}' is not registered with the Prefect API; run "
             "`python -m deployments.setup local` (or set STACKFLOWS_API__DEPLOYMENT)"
         ) from e
+
+
+async def trigger(
+    client: PrefectClient, deployment: DeploymentResponse, request: AnalysisRequest, idempotency_key: str
+) -> Triggered:
+    """Create the flow run (Scheduled now) and return at once. A key that already names a run returns
+    that run as a replay if it holds this very request, and raises IdempotencyConflict if not.
+
+    The create call is made here rather than through ``arun_deployment`` because only its status tells
+    a new run (201) from an existing one (200).
+    """
+    body = DeploymentFlowRunCreate(
+        parameters={"request": request.model_dump(mode="json")},
+        state=to_state_create(Scheduled()),
+        idempotency_key=idempotency_key,
+    )
+    response = await client.request(
+        "POST",
+        "/deployments/{id}/create_flow_run",
+        path_params={"id": deployment.id},
+        json=body.model_dump(mode="json", exclude_unset=True),
+    )
+    run = FlowRun.model_validate(response.json())
+    replayed = response.status_code != 201
+    if replayed and (run.deployment_id != deployment.id or not same_request(run.parameters, request)):
+        raise IdempotencyConflict(
+            f"Idempotency-Key '{idempotency_key}' already names run {run.id}, made for a different request; "
+            "send a new key to start another run, or the same request to get that run"
+        )
+    return Triggered(run, replayed)
+
+
+async def recent_run_with_key(
+    client: PrefectClient, deployment: DeploymentResponse, keys: list[str], younger_than: timedelta, now: datetime
+) -> FlowRun | None:
+    """The newest run of the deployment's flow under one of ``keys`` created less than ``younger_than`` ago."""
+    found = await client.read_flow_runs(
+        flow_filter=FlowFilter(id=FlowFilterId(any_=[deployment.flow_id])),
+        flow_run_filter=FlowRunFilter(idempotency_key=FlowRunFilterIdempotencyKey(any_=keys)),
+        sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+        limit=len(keys),
+    )
+    recent = [r for r in found if r.deployment_id == deployment.id and r.created and now - r.created < younger_than]
+    return max(recent, key=lambda r: r.created, default=None)
 
 
 async def read_run(client: PrefectClient, run_id: UUID) -> FlowRun:
@@ -118,15 +166,19 @@ async def run_artifacts(client: PrefectClient, run_id: UUID) -> list[Artifact]:
     run_ids = [run_id] + [child.id for child in children]
     # Not client.read_artifacts: it sends "flow_runs": null and "task_runs": null, which this
     # Prefect 3.8 server refuses with 422 (and an empty filter there would drop flow-level artifacts).
+    # Not the result records Prefect keeps as artifacts (type "result" or none, no key): they are no
+    # output a user made, and they would fill the listing of a run with many tasks.
+    only_real = ArtifactFilter(
+        flow_run_id=ArtifactFilterFlowRunId(any_=run_ids), type=ArtifactFilterType(not_any_=["result"])
+    )
     body = {
-        "artifacts": ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=run_ids)).model_dump(
-            mode="json", exclude_unset=True
-        ),
+        "artifacts": only_real.model_dump(mode="json", exclude_unset=True),
         "sort": ArtifactSort.CREATED_DESC.value,
         "limit": MAX_LISTED,
     }
     response = await client.request("POST", "/artifacts/filter", json=body)
-    return TypeAdapter(list[Artifact]).validate_python(response.json())
+    artifacts = TypeAdapter(list[Artifact]).validate_python(response.json())
+    return [a for a in artifacts if a.type not in (None, "result")]
 
 
 _MARKDOWN_LINK = re.compile(r"^\[[^\]]*\]\((?P<url>[^)]+)\)$")
@@ -142,8 +194,11 @@ def _link_of(artifact: Artifact) -> str | None:
     return None if artifact.type == "markdown" else artifact.data
 
 
-def view(run: FlowRun, ui_url: str, artifacts: list[Artifact] = ()) -> RunView:
-    """The run as the API shows it, with the latest progress and links to its artifacts."""
+def view(
+    run: FlowRun, ui_url: str, artifacts: list[Artifact] = (), browser_url: Callable[[str], str | None] = lambda _: None
+) -> RunView:
+    """The run as the API shows it, with the latest progress and links to its artifacts;
+    ``browser_url`` turns a link to a run output into a freshly signed URL a browser can open."""
     progress = [a for a in artifacts if a.type == "progress" and isinstance(a.data, (int, float))]
     latest = max(progress, key=lambda a: a.updated or a.created, default=None)
     return RunView(
@@ -175,7 +230,8 @@ def view(run: FlowRun, ui_url: str, artifacts: list[Artifact] = ()) -> RunView:
                 key=a.key,
                 type=a.type,
                 description=a.description,
-                link=_link_of(a),
+                link=(link := _link_of(a)),
+                url=browser_url(link) if link else None,
                 ui_url=f"{ui_url}/artifacts/artifact/{a.id}",
                 flow_run_id=a.flow_run_id,
             )

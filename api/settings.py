@@ -16,6 +16,27 @@ class ApiSettings(BaseModel):
         default="analysis-run/local",
         description="Deployment that POST /runs triggers, as '<flow name>/<deployment name>'.",
     )
+    public_url: str | None = Field(
+        default=None,
+        description=(
+            "Base URL at which browsers reach this API (e.g. https://stackflows.example.org). Run outputs "
+            "(report HTML, plot, predictions) are linked from the Prefect UI as signed URLs under it; "
+            "unset: artifacts show the storage URIs instead. The worker needs it, and the token, to sign."
+        ),
+    )
+    output_link_ttl_s: int = Field(
+        default=30 * 24 * 3600,
+        ge=60,
+        description="How long a signed output link stays valid; Prefect keeps the artifacts that carry it.",
+    )
+    default_idempotency_window_s: int = Field(
+        default=3600,
+        ge=1,
+        description=(
+            "Without an Idempotency-Key header, a repeated request returns the run it started if that run "
+            "is younger than this; after it, the same request starts a new run."
+        ),
+    )
     ui_url: str | None = Field(
         default=None,
         description="Prefect UI base URL for run links; unset: Prefect's PREFECT_UI_URL.",

@@ -14,7 +14,14 @@ from schemathesis.specs.openapi.checks import response_schema_conformance, statu
 
 from tests.api.conftest import TOKEN, ApiServer
 
-OPERATIONS = ["POST /runs", "GET /runs/{run_id}", "POST /runs/{run_id}/cancel", "POST /runs/{run_id}/retry", "GET /healthz"]
+OPERATIONS = [
+    "POST /runs",
+    "GET /runs/{run_id}",
+    "POST /runs/{run_id}/cancel",
+    "POST /runs/{run_id}/retry",
+    "GET /runs/{run_id}/files/{path}",
+    "GET /healthz",
+]
 
 
 @pytest.mark.parametrize("label", OPERATIONS)
