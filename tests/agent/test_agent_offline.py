@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import anndata as ad
@@ -153,3 +154,56 @@ def test_unreadable_inputs_are_named(tmp_path: Path) -> None:
         PlanData.from_uris(str(not_h5ad), str(not_h5ad))
     with pytest.raises(FileNotFoundError, match="missing.h5ad: no such h5ad file"):
         PlanData.from_uris(str(tmp_path / "missing.h5ad"), str(not_h5ad))
+
+
+def _with_missing_labels(path: Path) -> Path:
+    """A 'condition' column where most cells have no value (NaN), more than either real value."""
+    labels = ["ctrl"] * 15 + ["stim"] * 12 + [None] * 20
+    obs = pd.DataFrame({"condition": pd.Categorical(labels)}, index=[f"c{i}" for i in range(len(labels))])
+    ad.AnnData(X=np.ones((len(labels), 5), dtype=np.float32), obs=obs).write_h5ad(path)
+    return path
+
+
+def test_a_missing_obs_value_is_never_a_context_or_a_filter_value(tmp_path: Path) -> None:
+    path = _with_missing_labels(tmp_path / "nan.h5ad")
+    data = PlanData.from_uris(str(path), str(path))
+    settings = AgentSettings()
+
+    plan = offline_plan(_request(path, question="What changes between conditions?"), data, settings)
+
+    assert plan.split_column == "condition" and plan.split_values == ["ctrl", "stim"]
+    assert data.prompt.value_counts("condition") == {"ctrl": 15, "stim": 12}
+    assert data.prompt.describe_column("condition")["cells_without_a_value"] == 20
+    for fields, expected in [
+        ({"split_column": "condition", "split_values": ["nan"]}, "split value 'nan' is not a value"),
+        ({"query_obs_filter": {"condition": ["nan"]}}, "query_obs_filter['condition'] names 'nan', not values"),
+    ]:
+        with pytest.raises(PlanInvalid, match=re.escape(expected)):
+            check_request(_request(path, **fields), data, settings)
+
+
+def test_the_job_spec_carries_the_matrix_validation_chose(pbmc_h5ad: Path) -> None:
+    data = PlanData.from_uris(pbmc_h5ad.as_uri(), pbmc_h5ad.as_uri())
+    plan = offline_plan(_request(pbmc_h5ad), data, AgentSettings())
+    where = dict(
+        prompt_uri="file:///in.h5ad", query_uri="file:///in.h5ad", checkpoint_uri="file:///ckpt",
+        gene_list_uri="file:///genes.pkl", output_prefix="file:///out/1",
+    )
+
+    spec = plan.to_job_spec(
+        **where, prompt_matrix="raw.X", query_matrix="layers/counts", counts_required=False,
+        gene_name_column="feature_name",
+    )
+
+    assert (spec.prompt_matrix, spec.query_matrix) == ("raw.X", "layers/counts")
+    assert not spec.counts_required and spec.gene_name_column == "feature_name"
+    # what the job reads is part of what it computes: a different matrix is a different job
+    hashes = {
+        spec.content_hash(),
+        plan.to_job_spec(**where, prompt_matrix="raw.X", query_matrix="X", counts_required=False,
+                         gene_name_column="feature_name").content_hash(),
+        plan.to_job_spec(**where, prompt_matrix="raw.X", query_matrix="layers/counts", counts_required=False).content_hash(),
+        plan.to_job_spec(**where, prompt_matrix="raw.X", query_matrix="layers/counts",
+                         gene_name_column="feature_name").content_hash(),
+    }
+    assert len(hashes) == 4
