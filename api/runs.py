@@ -7,6 +7,7 @@ exceptions below to status codes.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -31,7 +32,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.states import AwaitingRetry, Cancelled, Cancelling, Scheduled, to_state_create
 from pydantic import TypeAdapter
 
-from api.idempotency import same_request
+from api.idempotency import default_keys, request_digest, same_request
 from api.models import ArtifactLink, Progress, RunState, RunView
 from flows.models import AnalysisRequest
 
@@ -61,6 +62,11 @@ class Triggered:
 FINAL_STATES = {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
 MAX_LISTED = 200  # subflows and artifacts read per run: a run makes a handful
 NOT_STARTED = {StateType.SCHEDULED, StateType.PAUSED}
+
+
+def idempotency_key_for(request: AnalysisRequest, window_s: int = 3600) -> str:
+    """The key ``POST /runs`` gives ``request`` now when no header names one (reads its inputs' metadata)."""
+    return default_keys(request_digest(request), time.time(), window_s)[0]
 
 
 async def deployment_of(client: PrefectClient, deployment: str) -> DeploymentResponse:
