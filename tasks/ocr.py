@@ -18,7 +18,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.results import ResultStore, get_result_store
 
-from clients.ocr import DocumentReader, DocumentText, OcrPageError, PageText
+from clients.ocr import NO_TEXT_FOUND, DocumentReader, DocumentText, OcrPageError, PageText
 from clients.ocr.reader import document_name
 from clients.settings import get_settings
 from clients.storage import ObjectExistsError, ObjectNotFoundError, join_uri, store_for
@@ -123,6 +123,8 @@ def ocr_documents(document_uris: list[str], output_prefix_uri: str) -> list[Docu
         markdown_uri = _write_once(_markdown_uri(output_prefix_uri, index, uri), document.markdown().encode())
         document = document.model_copy(update={"markdown_uri": markdown_uri})
         logger.info("%s: %s; markdown at %s", uri, document.engines, markdown_uri)
+        if document.pages_without_text:
+            logger.warning("%s", _no_text_warning(document))
         results.append(document)
 
     create_table_artifact(
@@ -133,6 +135,7 @@ def ocr_documents(document_uris: list[str], output_prefix_uri: str) -> list[Docu
                 "pages": len(doc.pages),
                 **{engine: doc.engines.get(engine, 0) for engine in ("text-layer", "lightonocr", "rapidocr")},
                 "from earlier attempts": doc.pages_from_cache,
+                "pages without text": ", ".join(map(str, doc.pages_without_text)) or "none",
                 "markdown": doc.markdown_uri,
             }
             for doc in results
@@ -140,6 +143,17 @@ def ocr_documents(document_uris: list[str], output_prefix_uri: str) -> list[Docu
         description="Which engine read how many pages of each document.",
     )
     return results
+
+
+def _no_text_warning(document: DocumentText) -> str:
+    """Names the pages OCR found nothing on, so an unread page is never mistaken for an empty one."""
+    pages = ", ".join(map(str, document.pages_without_text))
+    engines = ", ".join(sorted({p.engine for p in document.pages if not p.text.strip()}))
+    return (
+        f"{document.uri}: no text found on page(s) {pages} (read by {engines}); the agent sees them marked "
+        f'"{NO_TEXT_FOUND}". If they are not blank, scan them larger or darker, or set '
+        "STACKFLOWS_OCR__SERVICE_URL to read them with LightOnOCR"
+    )
 
 
 def _pages_sent(document: DocumentText) -> int:

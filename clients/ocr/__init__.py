@@ -10,11 +10,12 @@ from clients.ocr.base import OcrEngine, OcrError, OcrPageError, PageImage
 from clients.ocr.documents import DocumentError, SourceDocument
 from clients.ocr.lightonocr import LightOnOcrClient
 from clients.ocr.local import NoOcrEngine, RapidOcrEngine
-from clients.ocr.models import DocumentText, PageText
+from clients.ocr.models import NO_TEXT_FOUND, DocumentText, PageText
 from clients.ocr.reader import DocumentReader, PageCache, engine_from_settings, page_cache_key
 from clients.ocr.settings import OcrSettings
 
 __all__ = [
+    "NO_TEXT_FOUND",
     "DocumentError",
     "DocumentReader",
     "DocumentText",

@@ -9,12 +9,14 @@ from __future__ import annotations
 import io
 from typing import Literal
 
+import numpy as np
 import pypdfium2 as pdfium
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 MediaType = Literal["application/pdf", "image/png", "image/jpeg"]
 
 PDF_DPI_SCALE = 200 / 72  # LightOnOCR was trained on pages rendered at about 200 DPI
+RENDER_RECIPE = "2"  # bump when rendering changes what an engine sees (2: transparency on paper)
 
 
 class DocumentError(ValueError):
@@ -55,7 +57,7 @@ class SourceDocument:
             try:
                 image = Image.open(io.BytesIO(data))
                 image.load()
-                self._image = ImageOps.exif_transpose(image).convert("RGB")
+                self._image = on_paper(ImageOps.exif_transpose(image))
             except Image.DecompressionBombError as exc:
                 raise DocumentError(
                     f"{name}: the image is too large to decode ({exc}); downscale it or save it as a PDF"
@@ -125,6 +127,22 @@ class SourceDocument:
                 bitmap.close()
         finally:
             page.close()
+
+
+def on_paper(image: Image.Image) -> Image.Image:
+    """The image as RGB on an opaque background, which is what OCR models were trained on.
+
+    ``convert("RGB")`` drops alpha, and the pixels under a transparent background are usually black:
+    a PNG of black ink on a transparent background became a black page, and OCR found nothing. Ink is
+    laid on white paper, or on black if the ink itself is light (RapidOCR's own rule for images it loads).
+    """
+    if image.mode not in ("RGBA", "LA", "PA") and "transparency" not in image.info:
+        return image.convert("RGB")
+    rgba = image.convert("RGBA")
+    sample = rgba.resize((min(rgba.width, 512), min(rgba.height, 512)), Image.Resampling.NEAREST)
+    ink = np.asarray(sample.convert("L"))[np.asarray(sample.getchannel("A")) > 0]
+    paper = (0, 0, 0, 255) if ink.size and ink.mean() >= 128 else (255, 255, 255, 255)
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, paper), rgba).convert("RGB")
 
 
 def usable_text(text: str, min_chars: int) -> bool:

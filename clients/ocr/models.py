@@ -10,6 +10,9 @@ from pydantic import BaseModel, Field
 Engine = Literal["text-layer", "lightonocr", "rapidocr"]
 """text-layer: the PDF's own text; lightonocr: the GPU service (markdown); rapidocr: local CPU OCR (plain lines)."""
 
+NO_TEXT_FOUND = "[no text found on this page]"
+"""What the markdown says for a page where OCR found nothing (blank, a photo, or unreadable)."""
+
 
 class PageText(BaseModel):
     page_number: int = Field(ge=1, description="1-based, as a reader counts pages.")
@@ -38,11 +41,15 @@ class DocumentText(BaseModel):
         return [page.page_number for page in self.pages if not page.text.strip()]
 
     def markdown(self) -> str:
-        """All pages, each headed by a comment that says which page it is and what read it."""
+        """All pages, each headed by a comment that says which page it is and what read it.
+
+        A page with no text says so in words (``NO_TEXT_FOUND``): a reader, or the agent, must not
+        take a page that was not read for a page that says nothing.
+        """
         name = self.uri.rstrip("/").rsplit("/", 1)[-1]
         parts = [
             f"<!-- {name} · page {page.page_number} of {len(self.pages)} · read by {page.engine} -->\n\n"
-            f"{page.text.strip()}\n"
+            f"{page.text.strip() or NO_TEXT_FOUND}\n"
             for page in self.pages
         ]
         return "\n".join(parts)

@@ -20,7 +20,7 @@ from typing import Protocol
 from google.auth.credentials import Credentials
 
 from clients.ocr.base import OcrEngine, PageImage
-from clients.ocr.documents import SourceDocument, usable_text
+from clients.ocr.documents import RENDER_RECIPE, SourceDocument, usable_text
 from clients.ocr.lightonocr import LightOnOcrClient
 from clients.ocr.local import NoOcrEngine, RapidOcrEngine
 from clients.ocr.models import DocumentText, PageText
@@ -47,8 +47,12 @@ def engine_from_settings(settings: OcrSettings, credentials: Credentials | None 
 
 
 def page_cache_key(document_sha256: str, page_index: int, engine_fingerprint: str) -> str:
-    """Same document bytes, same page, same engine settings: same text. The URL is not part of it."""
-    material = f"{document_sha256}:{page_index}:{engine_fingerprint}".encode()
+    """Same document bytes, same page, same rendering and engine settings: same text. Not the URL.
+
+    ``RENDER_RECIPE`` is part of it so pages read from a wrongly rendered image (transparent PNGs
+    were black) are read again rather than taken from an earlier run's cache.
+    """
+    material = f"{document_sha256}:{page_index}:{RENDER_RECIPE}:{engine_fingerprint}".encode()
     return "ocr-page-" + hashlib.sha256(material).hexdigest()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import ipaddress
 import json
+import re
 import socket
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,6 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from google.auth.compute_engine import _metadata
 from matplotlib.backends.backend_pdf import PdfPages
+from PIL import Image, ImageOps
 
 from clients.ocr import OcrSettings
 from tests.fake_google_identity import FakeGoogleIdentity
@@ -60,6 +62,57 @@ def joined_pdf(*parts: bytes) -> bytes:
     out.save(buffer)
     return buffer.getvalue()
 
+
+def typed_page(lines: list[str], dpi: int = 150) -> Image.Image:
+    """A letter page of typed lines (DejaVu Sans, 12 pt) as a scanner at ``dpi`` sees it: greyscale pixels."""
+    fig = plt.figure(figsize=(8.5, 11), dpi=dpi)
+    for row, line in enumerate(lines):
+        fig.text(0.08, 0.9 - 0.04 * row, line, fontsize=12, family="DejaVu Sans")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    plt.close(fig)
+    return Image.open(buffer).convert("L")
+
+
+def blank_page(size: tuple[int, int] = (1275, 1650)) -> Image.Image:
+    """An empty scanned sheet (letter at 150 DPI)."""
+    return Image.new("L", size, 255)
+
+
+def ink_on_transparent(page: Image.Image) -> Image.Image:
+    """The page as black ink on a transparent background, as background-removal and export tools write it."""
+    ink = Image.new("RGBA", page.size, (0, 0, 0, 0))
+    ink.putalpha(ImageOps.invert(page.convert("L")))
+    return ink
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def image_only_pdf(*pages: Image.Image, dpi: int = 150) -> bytes:
+    """A PDF whose pages are images only: no text layer, as a scanner writes it."""
+    buffer = io.BytesIO()
+    pages[0].save(buffer, "PDF", save_all=True, append_images=list(pages[1:]), resolution=dpi)
+    return buffer.getvalue()
+
+
+def words_found(expected_lines: list[str], text: str) -> float:
+    """Share of the expected words (case-insensitive) that appear in ``text``: tolerant of OCR noise."""
+    def words(s: str) -> set[str]:
+        return {w.lower() for w in re.findall(r"[A-Za-z]{2,}", s)}
+
+    expected = words(" ".join(expected_lines))
+    return len(expected & words(text)) / len(expected)
+
+
+SCAN_LINES = [
+    "Peripheral blood mononuclear cells were thawed and washed twice.",
+    "Stimulate with interferon beta for six hours before library preparation.",
+    "Monocytes induced ISG15 and MX1 more strongly than T cells.",
+]
 
 PROTOCOL_LINES = [
     "Protocol page 1: thaw PBMCs at 37 C, wash twice in PBS with 2% FBS, count viable cells.",

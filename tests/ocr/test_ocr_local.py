@@ -7,8 +7,22 @@ import io
 import pytest
 from PIL import Image, ImageDraw
 
-from clients.ocr import DocumentError, DocumentReader, OcrPageError, OcrSettings
-from tests.ocr.conftest import PROTOCOL_LINES, scanned_pdf, text_pdf
+import rapidocr
+from clients.ocr import NO_TEXT_FOUND, DocumentError, DocumentReader, OcrPageError, OcrSettings
+from clients.ocr.documents import SourceDocument
+from clients.ocr.local import shared_rapidocr
+from tests.ocr.conftest import (
+    PROTOCOL_LINES,
+    SCAN_LINES,
+    blank_page,
+    image_only_pdf,
+    ink_on_transparent,
+    png_bytes,
+    scanned_pdf,
+    text_pdf,
+    typed_page,
+    words_found,
+)
 
 
 def photo_of_a_note(lines: list[str]) -> bytes:
@@ -27,6 +41,53 @@ def test_image_pages_are_read_by_the_local_engine_and_say_so() -> None:
     assert doc.engines == {"rapidocr": 1}
     assert "Thaw cells" in doc.pages[0].text and "Count twice" in doc.pages[0].text
     assert "read by rapidocr" in doc.markdown()
+
+
+@pytest.mark.parametrize("kind", ["png", "image-only pdf"])
+def test_a_scanned_page_comes_back_with_its_words(kind: str) -> None:
+    page = typed_page(SCAN_LINES)
+    data = png_bytes(page) if kind == "png" else image_only_pdf(page)
+    if kind == "image-only pdf":
+        with SourceDocument(data, "scan.pdf", max_pages=1) as doc:
+            assert doc.text_layer(0) == ""  # nothing to read but the pixels
+    doc = DocumentReader(OcrSettings()).read(data, f"scan.{kind[-3:]}")
+    assert doc.engines == {"rapidocr": 1} and doc.pages_without_text == []
+    assert words_found(SCAN_LINES, doc.pages[0].text) >= 0.8, doc.pages[0].text
+
+
+def test_ink_on_a_transparent_background_is_read_on_white_paper() -> None:
+    # Pillow's convert("RGB") drops alpha; the transparent pixels are black underneath, so this page
+    # reached the engine as a black rectangle and came back empty.
+    doc = DocumentReader(OcrSettings()).read(png_bytes(ink_on_transparent(typed_page(SCAN_LINES))), "cutout.png")
+    assert words_found(SCAN_LINES, doc.pages[0].text) >= 0.8, doc.pages[0].text
+
+
+def test_a_page_with_no_text_is_named_and_marked_never_passed_on_empty() -> None:
+    doc = DocumentReader(OcrSettings()).read(image_only_pdf(typed_page(SCAN_LINES), blank_page()), "scan.pdf")
+    assert doc.pages_without_text == [2]
+    page_1, page_2 = doc.markdown().split("<!-- scan.pdf · page 2 of 2 · read by rapidocr -->")
+    assert words_found(SCAN_LINES, page_1) >= 0.8 and NO_TEXT_FOUND not in page_1
+    assert page_2.strip() == NO_TEXT_FOUND
+
+
+def test_one_rapidocr_engine_serves_every_reader_and_page(monkeypatch: pytest.MonkeyPatch) -> None:
+    created: list[object] = []
+
+    class CountedRapidOCR(rapidocr.RapidOCR):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            created.append(self)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(rapidocr, "RapidOCR", CountedRapidOCR)
+    shared_rapidocr.cache_clear()  # as in a fresh process
+    try:
+        scan = png_bytes(typed_page(SCAN_LINES[:1]))
+        for attempt in range(2):  # two task runs, each with its own reader
+            doc = DocumentReader(OcrSettings()).read(scan, f"scan-{attempt}.png")
+            assert doc.pages_without_text == []
+        assert len(created) == 1
+    finally:
+        shared_rapidocr.cache_clear()  # later tests load the real class again
 
 
 def test_text_layer_pages_need_no_engine_at_all() -> None:

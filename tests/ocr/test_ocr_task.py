@@ -9,13 +9,22 @@ import pytest
 from prefect import flow
 from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
 
-from clients.ocr import DocumentText, OcrPageError
+from clients.ocr import NO_TEXT_FOUND, DocumentText, OcrPageError
 from clients.settings import Settings, get_settings
 from clients.storage import local_path_of
 from tasks.ocr import ocr_documents
 from tests.fake_google_identity import FakeGoogleIdentity
 from tests.fake_openai_ocr import FakeOcrService
-from tests.ocr.conftest import PROTOCOL_LINES, scanned_pdf, text_pdf
+from tests.ocr.conftest import (
+    PROTOCOL_LINES,
+    SCAN_LINES,
+    blank_page,
+    image_only_pdf,
+    scanned_pdf,
+    text_pdf,
+    typed_page,
+    words_found,
+)
 
 
 @flow
@@ -36,6 +45,36 @@ def fake_service(
         get_settings.cache_clear()
         yield fake
     get_settings.cache_clear()
+
+
+@pytest.fixture
+def local_engine(
+    prefect_api: None, settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Iterator[None]:
+    """No service URL: the run's scanned pages are read by RapidOCR on this machine."""
+    monkeypatch.delenv("STACKFLOWS_OCR__SERVICE_URL", raising=False)
+    get_settings.cache_clear()
+    with temporary_settings({PREFECT_LOCAL_STORAGE_PATH: tmp_path / "prefect-results"}):
+        yield
+    get_settings.cache_clear()
+
+
+def test_offline_a_scan_reaches_the_agent_with_its_words_and_a_blank_page_is_flagged(
+    local_engine: None, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    scan = tmp_path / "scan.pdf"
+    scan.write_bytes(image_only_pdf(typed_page(SCAN_LINES), blank_page()))
+
+    (document,) = read_documents([scan.as_uri()], (tmp_path / "run").as_uri())
+
+    assert document.engines == {"rapidocr": 2} and document.pages_without_text == [2]
+    markdown = local_path_of(document.markdown_uri).read_text()
+    assert words_found(SCAN_LINES, markdown) >= 0.8, markdown
+    assert markdown.rstrip().endswith(f"page 2 of 2 · read by rapidocr -->\n\n{NO_TEXT_FOUND}")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "no text" in r.getMessage()]
+    assert len(warnings) == 1
+    assert warnings[0].startswith(f"{scan.as_uri()}: no text found on page(s) 2 (read by rapidocr)")
+    assert NO_TEXT_FOUND in warnings[0] and "STACKFLOWS_OCR__SERVICE_URL" in warnings[0]
 
 
 def test_a_rerun_after_a_failed_page_sends_only_the_missing_pages(fake_service: FakeOcrService, tmp_path: Path) -> None:
