@@ -29,7 +29,7 @@ from inference.contract import PREDICTIONS_FILE
 from tasks.agent import interpret, plan_run
 from tasks.model_files import resolve_model_files
 from tasks.ocr import ocr_documents
-from tasks.report import AnalysisReport, JobFigures, document_line, publish_report, top_gene_rows
+from tasks.report import AnalysisReport, JobFigures, document_caveats, document_line, publish_report, top_gene_rows
 from tasks.request_checks import check_request_uris
 from tasks.results import shared_result_storage
 from tasks.staging import StagedInput, stage_input, validate_input
@@ -90,6 +90,7 @@ def analysis_run(request: AnalysisRequest) -> AnalysisReport:
         findings=findings,
         top_genes=top_gene_rows(summary),
         documents=[document_line(d) for d in documents],
+        caveats=document_caveats(documents),
         outputs={"predictions": collected.outputs[PREDICTIONS_FILE], "manifest": collected.manifest_uri},
     )
     return publish_report(report, query.uri, report.outputs["predictions"], join_uri(run_prefix, "report"))

@@ -23,6 +23,7 @@ from tasks.offline_findings import UNTRAINED_CAVEAT, offline_findings, summary_c
 from tasks.plan import Findings, PlanProposal, RunPlan
 from tasks.plan_checks import PlanInvalid, apply_request, check_plan, explicit_fields
 from tasks.plan_data import PlanData
+from tasks.report_text import md_inline
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ def interpret_with_claude(
         findings = offline_findings(plan, summary)
         return findings.model_copy(update={"usage": client.usage.model_copy()})
     caveats = summary_caveats(plan, summary)
-    lines = [f"_Interpretation written by {client.settings.model} from the prediction summary._", ""]
+    lines = [f"_Interpretation written by {md_inline(client.settings.model)} from the prediction summary._", ""]
     if not summary.model_trained:
         lines += [f"> **Untrained model.** {UNTRAINED_CAVEAT}", ""]
     lines.append(text)

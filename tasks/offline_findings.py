@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from inference.contract import PredictionSummary, SplitSummary
 from tasks.plan import Findings, RunPlan
+from tasks.report_text import md_inline
 
 OFFLINE_WRITER = "offline summary (no model read the results)"
 UNTRAINED_CAVEAT = (
@@ -52,7 +53,7 @@ def offline_findings(plan: RunPlan, summary: PredictionSummary) -> Findings:
         lines += [f"> **Untrained model.** {UNTRAINED_CAVEAT}", ""]
     lines += [
         f"{summary.query_cells} query cells over {summary.genes} genes were generated under "
-        f"{len(summary.splits)} contexts of `{plan.split_column}`.",
+        f"{len(summary.splits)} contexts of {md_inline(plan.split_column)}.",
         "",
     ]
     ranked = sorted(summary.splits, key=lambda s: s.mean_shift, reverse=True)
@@ -62,8 +63,8 @@ def offline_findings(plan: RunPlan, summary: PredictionSummary) -> Findings:
     if len(ranked) > 1:
         lines += [
             "",
-            f"The context that moves the query cells most is **{ranked[0].split_value}** "
-            f"(mean shift {ranked[0].mean_shift:.3f}); the least is **{ranked[-1].split_value}** "
+            f"The context that moves the query cells most is **{md_inline(ranked[0].split_value)}** "
+            f"(mean shift {ranked[0].mean_shift:.3f}); the least is **{md_inline(ranked[-1].split_value)}** "
             f"({ranked[-1].mean_shift:.3f}).",
             "",
         ]
@@ -76,6 +77,7 @@ def offline_findings(plan: RunPlan, summary: PredictionSummary) -> Findings:
 
 
 def _split_row(split: SplitSummary) -> str:
-    up = ", ".join(f"{g} ({lfc:+.2f})" for g, lfc in split.top_up[:TOP_GENES_SHOWN // 2])
-    down = ", ".join(f"{g} ({lfc:+.2f})" for g, lfc in split.top_down[:TOP_GENES_SHOWN // 2])
-    return f"| {split.split_value} | {split.cells} | {split.mean_shift:.3f} | {up or '-'} | {down or '-'} |"
+    """One table row; context and gene names come from the data, so they are escaped."""
+    up = ", ".join(f"{md_inline(g)} ({lfc:+.2f})" for g, lfc in split.top_up[:TOP_GENES_SHOWN // 2])
+    down = ", ".join(f"{md_inline(g)} ({lfc:+.2f})" for g, lfc in split.top_down[:TOP_GENES_SHOWN // 2])
+    return f"| {md_inline(split.split_value)} | {split.cells} | {split.mean_shift:.3f} | {up or '-'} | {down or '-'} |"
