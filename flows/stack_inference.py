@@ -4,7 +4,8 @@ Called as a subflow of the analysis run (or on its own), it
 
 1. names the job after the *root* flow run and the content of the inputs and parameters,
 2. submits it once (a dashboard Retry of a crashed run finds the job and polls it),
-3. waits, showing the job's progress.json as a progress artifact,
+3. waits, showing the job's progress.json as a progress artifact, here and on the runs above (the
+   analysis run's page, which is the one a user opens),
 4. collects the outputs, checking them against the job's manifest.
 
 Cancelling the run, or the run failing (e.g. timing out), cancels the job: GPU time is not left
@@ -16,7 +17,6 @@ running for a run nobody is waiting for. A *crash* does not cancel it, so a Retr
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext
 
 from clients.batch import BatchJobRequest
@@ -32,20 +32,10 @@ from tasks.gpu_job import (
     submit_task_for_settings,
     wait_for_gpu_job,
 )
+from tasks.run_tree import root_flow_run_id
 
 RUN_LABEL = "stackflows-run"
 INPUTS_LABEL = "stackflows-inputs"
-
-
-def root_flow_run_id(flow_run: Any) -> str:
-    """The id of the top-level flow run above ``flow_run``: it survives a Retry of the parent."""
-    with get_client(sync_client=True) as client:
-        while flow_run.parent_task_run_id is not None:
-            parent_task = client.read_task_run(flow_run.parent_task_run_id)
-            if parent_task.flow_run_id is None:
-                break
-            flow_run = client.read_flow_run(parent_task.flow_run_id)
-    return str(flow_run.id)
 
 
 def job_labels(run_id: str, spec: StackJobSpec | None = None) -> dict[str, str]:

@@ -10,6 +10,8 @@ Why the pieces look the way they do:
 - ``submit_gpu_job`` caches on the job id with a persisted result, so a retried run skips it (the
   UI shows "Cached"); the runners' idempotent submit covers a crash between submit and persist.
 - Polling uses NO_CACHE: every attempt must look at the job afresh.
+- Progress is shown on the subflow's run *and* on every run above it: a user opens the analysis
+  run, and Prefect shows a subflow's artifacts only on the subflow's own page.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import ArtifactCreate
+from prefect.context import FlowRunContext
 from pydantic import BaseModel
 
 from clients.batch import BatchJobRequest, BatchRunner, JobNotFoundError, JobState, JobStatus, runner_from_settings
@@ -28,6 +33,7 @@ from clients.settings import get_settings
 from clients.storage.uris import join_uri
 from inference.contract import MANIFEST_FILE, SUMMARY_FILE, JobManifest, PredictionSummary, StackJobSpec
 from tasks.results import shared_result_storage
+from tasks.run_tree import flow_runs_above
 
 MAX_ATTEMPTS = 99
 
@@ -143,10 +149,24 @@ def failure_message(status: JobStatus, runner: BatchRunner) -> str:
 
 
 class _ProgressArtifact:
-    """A Prefect progress artifact that follows the job's progress.json (updated only on change)."""
+    """Progress artifacts that follow the job's progress.json (updated only on change): one on this
+    run, one on each run above it (created against that run and its task run standing for ours)."""
 
     def __init__(self, job_id: str) -> None:
-        self.id = create_progress_artifact(progress=0.0, description=f"GPU job {job_id}: submitted")
+        description = f"GPU job {job_id}: submitted"
+        self.ids = [create_progress_artifact(progress=0.0, description=description)]
+        context = FlowRunContext.get()
+        above = flow_runs_above(context.flow_run) if context and context.flow_run else []
+        if above:
+            with get_client(sync_client=True) as client:
+                self.ids += [
+                    client.create_artifact(
+                        ArtifactCreate(
+                            type="progress", data=0.0, description=description, flow_run_id=run, task_run_id=stand_in
+                        )
+                    ).id
+                    for run, stand_in in above
+                ]
         self.last: tuple[float, str] | None = None
 
     def update(self, status: JobStatus) -> None:
@@ -158,7 +178,8 @@ class _ProgressArtifact:
             text += f", {progress.cells_done}/{progress.cells_total} cells" if progress.cells_total else ""
             text += f" ({progress.message})" if progress.message else ""
         if (percent, text) != self.last:
-            update_progress_artifact(self.id, progress=percent, description=text)
+            for artifact_id in self.ids:
+                update_progress_artifact(artifact_id, progress=percent, description=text)
             self.last = (percent, text)
 
 

@@ -11,8 +11,16 @@ from pathlib import Path
 from uuid import UUID
 
 import pytest
+from prefect import flow
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId, TaskRunFilter
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterId,
+    FlowRunFilterParentTaskRunId,
+    TaskRunFilter,
+)
 from prefect.client.schemas.sorting import ArtifactSort, TaskRunSort
 from prefect.flow_engine import run_flow
 from prefect.settings import PREFECT_API_URL
@@ -46,15 +54,43 @@ def test_batch_flow_runs_the_job_and_returns_verified_outputs(backend_settings, 
     assert isinstance(outputs, CollectedOutputs)
     assert outputs.manifest.spec == spec
     assert set(outputs.outputs) == {"predictions.h5ad", "summary.json"}
+    progress = progress_artifacts(state.state_details.flow_run_id)
+    assert progress and progress[0].data == 100.0, progress
+
+
+def progress_artifacts(flow_run_id: UUID) -> list:
+    """The progress artifacts of one flow run, newest first."""
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])),
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])),
             # the sync client sends None for these unless given (Prefect 3.8.8), which the server refuses
             flow_run_filter=FlowRunFilter(), task_run_filter=TaskRunFilter(), limit=50, offset=0,
             sort=ArtifactSort.CREATED_DESC,
+        )  # fmt: skip
+    return [a for a in artifacts if a.type == "progress"]
+
+
+def test_batch_flow_progress_shows_on_the_run_above_it(local_settings, prefect_api, spec: StackJobSpec, standin) -> None:
+    """A user opens the analysis run, not its stack-inference subflow: the job's progress is there too."""
+    standin("succeed")
+
+    @flow(name="parent-of-stack-inference")
+    def parent() -> CollectedOutputs:
+        return stack_inference(spec)
+
+    state = parent(return_state=True)
+
+    assert state.is_completed(), state
+    [shown] = progress_artifacts(state.state_details.flow_run_id)
+    assert shown.data == 100.0 and shown.description.startswith("GPU job stack-")
+    with get_client(sync_client=True) as client:
+        stand_in = client.read_task_run(shown.task_run_id)  # the parent's task run standing for the subflow
+        [subflow] = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_task_run_id=FlowRunFilterParentTaskRunId(any_=[stand_in.id]))
         )
-    progress = [a for a in artifacts if a.type == "progress"]
-    assert progress and progress[0].data == 100.0, artifacts
+    assert stand_in.flow_run_id == state.state_details.flow_run_id
+    [own] = progress_artifacts(subflow.id)
+    assert own.data == 100.0 and own.description == shown.description
 
 
 def test_batch_flow_failing_job_fails_the_run_with_exit_code_and_stderr(backend_settings, spec, standin) -> None:
