@@ -47,6 +47,7 @@ METADATA_TIMEOUT_S = 120.0
 CountsLocation = MatrixLocation  # "raw.X", "X" or "layers/counts", looked at in that order
 # The layer scanpy users keep counts in before normalising X (adata.layers["counts"] = adata.X.copy()).
 COUNTS_LAYER = "counts"
+_COUNTS_PLACES = '.X, .raw.X or .layers["counts"]'  # for messages: where STACK looks for counts
 GZIP_MAGIC = b"\x1f\x8b"
 
 
@@ -392,9 +393,6 @@ def _where(location: CountsLocation) -> str:
     if location.startswith("layers/"):
         return f'.layers["{location.removeprefix("layers/")}"]'
     return f".{location}"
-
-
-_COUNTS_PLACES = '.X, .raw.X or .layers["counts"]'
 
 
 def _reject_duplicate_cells(path: Path, obs_names: pd.Index) -> None:
