@@ -117,6 +117,7 @@ def router(settings: Settings) -> APIRouter:
             401: {"description": "Neither a bearer token nor a signed link."},
             403: {"description": "Wrong token, or a link whose signature does not match or has expired."},
             404: {"description": "No such output of this run."},
+            502: {"description": "The storage service failed to serve the object."},
         },
     )
     async def run_file(
@@ -148,9 +149,9 @@ def router(settings: Settings) -> APIRouter:
         except ObjectNotFoundError:
             shutil.rmtree(tmp, ignore_errors=True)
             raise HTTPException(status_code=404, detail=f"run {run_id} has no output '{path}'") from None
-        except BaseException:
+        except Exception as e:  # the store refused or failed: not a bug here, and not the caller's
             shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            raise HTTPException(status_code=502, detail=f"storage could not serve {uri}: {e}") from e
         return FileResponse(
             local,
             media_type=media_type,

@@ -99,7 +99,7 @@ def verify(
     key = _key(_settings(settings))
     if key is None:
         return "this server has no token to check link signatures with"
-    if not hmac.compare_digest(signature(key, run_id, rel_path, expires), sig):
+    if not hmac.compare_digest(signature(key, run_id, rel_path, expires).encode(), sig.encode()):
         return "the link's signature does not match this file; open the run's artifact link again"
     if expires < (now if now is not None else time.time()):
         return "the link has expired; GET /runs/{id} with the bearer token lists fresh links (artifacts[].url)"

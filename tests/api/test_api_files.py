@@ -114,9 +114,11 @@ def test_a_signature_opens_only_its_own_file_of_its_own_run(
         other_file = browser.get(f"/runs/{run_id}/files/stack/predictions.h5ad?{link.query}")
         other_run_same_file = browser.get(f"/runs/{other_run}/files/report/report.html?{link.query}")
         forged = browser.get(f"{link.path}?{link.query[:-4]}beef")
+        not_hex = browser.get(f"{link.path}?exp=1&sig=%C3%A9t%C3%A9")
     assert other_file.status_code == 403 and "signature" in other_file.json()["detail"]
     assert other_run_same_file.status_code == 403
     assert forged.status_code == 403
+    assert not_hex.status_code == 403
 
 
 def test_an_expired_link_is_refused(api_server: ApiServer, run_files: tuple[str, dict[str, str]]) -> None:
