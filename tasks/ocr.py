@@ -20,8 +20,10 @@ from prefect.results import ResultStore, get_result_store
 
 from clients.ocr import NO_TEXT_FOUND, DocumentReader, DocumentText, OcrPageError, PageText
 from clients.ocr.reader import document_name
+from clients.output_links import output_url
 from clients.settings import get_settings
 from clients.storage import ObjectExistsError, ObjectNotFoundError, join_uri, store_for
+from tasks.report_text import md_inline, md_output
 
 
 class ResultStorePageCache:
@@ -131,12 +133,12 @@ def ocr_documents(document_uris: list[str], output_prefix_uri: str) -> list[Docu
         key="ocr-documents",
         table=[
             {
-                "document": doc.uri,
+                "document": md_inline(doc.uri),  # the UI renders cells as markdown; a URI is the user's text
                 "pages": len(doc.pages),
                 **{engine: doc.engines.get(engine, 0) for engine in ("text-layer", "lightonocr", "rapidocr")},
                 "from earlier attempts": doc.pages_from_cache,
                 "pages without text": ", ".join(map(str, doc.pages_without_text)) or "none",
-                "markdown": doc.markdown_uri,
+                "markdown": md_output(doc.markdown_uri, output_url(doc.markdown_uri)) if doc.markdown_uri else "-",
             }
             for doc in results
         ],

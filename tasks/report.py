@@ -30,7 +30,7 @@ from clients.storage import join_uri, store_for
 from inference.contract import JobManifest, PredictionSummary
 from tasks.plan import AgentUsage, Findings, RunPlan
 from tasks.prediction_plot import plot_predictions_vs_query
-from tasks.report_text import md_image, md_inline, md_link, md_quote, model_markdown, plain_data, safe_html
+from tasks.report_text import md_image, md_inline, md_output, md_quote, model_markdown, plain_data, safe_html
 from tasks.staging import local_input
 
 
@@ -185,14 +185,9 @@ def report_sections(report: AnalysisReport, url_for: Callable[[str], str | None]
     if report.documents:
         sections.append(("documents", "\n".join(["## Documents read", *[f"- {md_inline(d)}" for d in report.documents]])))
     if report.outputs:
-        lines = [f"- {md_inline(name)}: {_output_line(uri, url_for(uri))}" for name, uri in report.outputs.items()]
+        lines = [f"- {md_inline(name)}: {md_output(uri, url_for(uri))}" for name, uri in report.outputs.items()]
         sections.append(("outputs", "\n".join(["## Outputs", *lines])))
     return sections
-
-
-def _output_line(uri: str, url: str | None) -> str:
-    """The file name linked to a URL a browser opens, else the storage URI as text."""
-    return md_link(uri.rstrip("/").rsplit("/", 1)[-1], url) if url else md_inline(uri)
 
 
 def render_markdown(report: AnalysisReport, url_for: Callable[[str], str | None] = _no_url) -> str:

@@ -114,6 +114,11 @@ def md_image(alt: str, url: str | None) -> str:
     return f"![{md_inline(alt)}]({target})" if target else md_inline(alt)
 
 
+def md_output(uri: str, url: str | None) -> str:
+    """A stored file for a run page: its name linked to ``url`` (one a browser opens), else its URI as text."""
+    return md_link(uri.rstrip("/").rsplit("/", 1)[-1], url) if url else md_inline(uri)
+
+
 def model_markdown(text: str) -> str:
     """Markdown a model wrote, kept as formatting but never as structure or markup.
 

@@ -85,6 +85,8 @@ def test_a_run_writes_its_report_beside_the_outputs_and_on_the_run_page(
             flow_run_filter=None, task_run_filter=None,
         )
     assert {"analysis-report", "top-genes", "prediction-plot", "report-html"} <= {a.key for a in artifacts}
+    gpu_progress = [a for a in artifacts if a.type == "progress" and a.description.startswith("GPU job")]
+    assert [a.data for a in gpu_progress] == [100.0]  # the job's progress, on the run a user opens
 
 
 def test_documents_are_read_and_listed_in_the_report(prefect_api: None, settings: Settings, inputs: Inputs) -> None:

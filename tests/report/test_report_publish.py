@@ -14,8 +14,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-from prefect import flow, get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, TaskRunFilter
+from prefect import flow
 from prefect.context import FlowRunContext
 
 from clients.ocr.models import DocumentText, PageText
@@ -25,6 +24,7 @@ from clients.storage import join_uri, local_path_of
 from tasks.plan import Findings, RunPlan
 from tasks.report import AnalysisReport, JobFigures, TopGene, document_caveats, document_line, publish_report
 from tests.report.markup import assert_inert, parse_html, rendered
+from tests.report.run_page import run_artifacts
 from tests.report.test_report_text import FORGED_FINDINGS, FORGED_QUESTION
 
 HOSTILE_VALUE = "<img src=x onerror=alert(9)> # B"  # an obs value: a context and a filter value
@@ -117,12 +117,7 @@ def publish(settings: Settings, tmp_path: Path) -> Published:
         return publish_report(hostile_report(predictions_uri), query_uri, predictions_uri, prefix), run_id
 
     report, run_id = run()
-    with get_client(sync_client=True) as client:
-        found = client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])),
-            flow_run_filter=FlowRunFilter(), task_run_filter=TaskRunFilter(), limit=50, offset=0,
-        )  # fmt: skip
-    return Published(report, run_id, {a.key: a for a in found})
+    return Published(report, run_id, run_artifacts(run_id))
 
 
 @pytest.fixture
