@@ -545,7 +545,8 @@ def _reject_duplicate_genes(
             fix = f"make the values of var[{gene_name_column!r}] unique or sum the duplicated genes"
         raise InputValidationError(
             path,
-            f"duplicate gene names in {names} of {_where(location)} ({_plural(len(dupes), 'name')}, compared upper-cased: {examples})",
+            f"duplicate gene names in {names} of {_where(location)} "
+            f"({_plural(len(dupes), 'name')}, compared upper-cased: {examples})",
             fix,
         )
 
