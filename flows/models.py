@@ -63,7 +63,7 @@ class AnalysisRequest(BaseModel):
     precision: Literal["fp32", "tf32", "bf16"] = "bf16"
     counts_required: bool = Field(
         default=True,
-        description="Reject inputs that are not raw counts (STACK expects counts in .raw.X or .X).",
+        description="Reject inputs that are not raw counts (STACK reads counts from .raw.X, .X or layers['counts']).",
     )
 
     def prompt_obs_required(self) -> dict[str, list[str] | None]:
