@@ -32,6 +32,7 @@ from clients.batch import BatchJobRequest, BatchRunner, JobNotFoundError, JobSta
 from clients.settings import get_settings
 from clients.storage.uris import join_uri
 from inference.contract import MANIFEST_FILE, SUMMARY_FILE, JobManifest, PredictionSummary, StackJobSpec
+from tasks.report_text import md_inline
 from tasks.results import shared_result_storage
 from tasks.run_tree import flow_runs_above
 
@@ -170,17 +171,24 @@ class _ProgressArtifact:
         self.last: tuple[float, str] | None = None
 
     def update(self, status: JobStatus) -> None:
-        progress = status.progress
-        percent = 100.0 * progress.fraction if progress else 0.0
-        text = f"GPU job {status.job_id}: {status.state.value}"
-        if progress:
-            text += f", {progress.phase} {progress.chunks_done}/{progress.chunks_total} chunks"
-            text += f", {progress.cells_done}/{progress.cells_total} cells" if progress.cells_total else ""
-            text += f" ({progress.message})" if progress.message else ""
+        percent, text = progress_of(status)
         if (percent, text) != self.last:
             for artifact_id in self.ids:
                 update_progress_artifact(artifact_id, progress=percent, description=text)
             self.last = (percent, text)
+
+
+def progress_of(status: JobStatus) -> tuple[float, str]:
+    """Percent done and the artifact's description, as markdown (the UI renders descriptions so): the
+    job's message may name a context, i.e. the data's own words, so it is escaped."""
+    progress = status.progress
+    percent = 100.0 * progress.fraction if progress else 0.0
+    text = f"GPU job {status.job_id}: {status.state.value}"
+    if progress:
+        text += f", {progress.phase} {progress.chunks_done}/{progress.chunks_total} chunks"
+        text += f", {progress.cells_done}/{progress.cells_total} cells" if progress.cells_total else ""
+        text += f" ({progress.message})" if progress.message else ""
+    return percent, md_inline(text)
 
 
 @task(name="wait-for-gpu-job", cache_policy=NO_CACHE)
