@@ -31,10 +31,12 @@ from clients.settings import Settings
 from clients.storage import ObjectNotFoundError, join_uri, store_for
 
 # No script, no plugin, no form, no framing; images and styles only from here (or inline, for the
-# report's own CSS and embedded plots). 'sandbox' would also work in browsers but adds nothing here.
+# report's own CSS and embedded plots). 'sandbox' also gives the page an origin of its own, so even
+# a script that somehow ran could not call this API with the browser's credentials. (Chromium still
+# loads 'self' and data: images in a sandboxed page.)
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
-    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'; sandbox"
 )
 _TYPES = {
     ".md": "text/markdown",

@@ -34,6 +34,7 @@ from pydantic import TypeAdapter
 
 from api.idempotency import default_keys, request_digest, same_request
 from api.models import ArtifactLink, Progress, RunState, RunView
+from clients.settings import get_settings
 from flows.models import AnalysisRequest
 
 
@@ -64,8 +65,9 @@ MAX_LISTED = 200  # subflows and artifacts read per run: a run makes a handful
 NOT_STARTED = {StateType.SCHEDULED, StateType.PAUSED}
 
 
-def idempotency_key_for(request: AnalysisRequest, window_s: int = 3600) -> str:
+def idempotency_key_for(request: AnalysisRequest, window_s: int | None = None) -> str:
     """The key ``POST /runs`` gives ``request`` now when no header names one (reads its inputs' metadata)."""
+    window_s = window_s or get_settings().api.default_idempotency_window_s
     return default_keys(request_digest(request), time.time(), window_s)[0]
 
 

@@ -4,8 +4,10 @@ keep a report from running script, and nothing outside the run's own prefix."""
 from __future__ import annotations
 
 import os
+import struct
 import time
 import uuid
+import zlib
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
@@ -21,7 +23,19 @@ from deployments.processes import free_port
 from tests.api.conftest import TOKEN, ApiServer, serving
 from tests.fake_gcs import gcs_emulator
 
-PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+
+
+def _png_1x1() -> bytes:
+    """The smallest real PNG: one green pixel, so a browser's naturalWidth says it loaded."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00\x00\xff\x00")) + chunk(b"IEND", b"")
+
+
+PNG = _png_1x1()
 HTML = b"<!doctype html><title>report</title><p>Monocytes among B cells</p>"
 
 
@@ -66,6 +80,7 @@ def test_a_signed_link_opens_the_report_in_a_browser_without_a_token(
     assert r.headers["content-type"] == "text/html; charset=utf-8"
     csp = r.headers["content-security-policy"]
     assert "default-src 'none'" in csp and "script-src" not in csp  # no script runs, inline or not
+    assert csp.endswith("; sandbox")
     assert r.headers["x-content-type-options"] == "nosniff"
     assert r.headers["referrer-policy"] == "no-referrer"
 
@@ -173,6 +188,31 @@ def test_no_link_without_a_public_url_or_outside_a_run(api_server: ApiServer, ru
     assert output_url(uris["report/report.html"], settings=quiet) is None
     assert output_url(f"{api_server.settings.storage_root}/inputs/abc/cells.h5ad", settings=api_server.settings) is None
     assert output_url("file:///etc/passwd", settings=api_server.settings) is None
+
+
+@pytest.mark.skipif(not os.access("/usr/bin/chromium", os.X_OK), reason="Debian's chromium is not installed")
+def test_a_browser_shows_a_served_report_and_runs_none_of_its_script(api_server: ApiServer) -> None:
+    from playwright.sync_api import sync_playwright
+
+    run_id = str(uuid.uuid4())
+    root = api_server.settings.storage_root
+    write_outputs(root, run_id)
+    plot = output_url(f"{root}/runs/{run_id}/report/predictions_vs_query.png", settings=api_server.settings)
+    hostile = f"<!doctype html><h1>Report</h1><img id=plot src='{plot}'><script>document.title = 'script ran'</script>"
+    uri = f"{root}/runs/{run_id}/report/hostile.html"
+    store_for(uri).put_bytes(hostile.encode(), uri)
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(output_url(uri, settings=api_server.settings))
+            page.wait_for_load_state("load")
+            assert page.text_content("h1") == "Report"
+            assert page.title() != "script ran"
+            assert page.eval_on_selector("#plot", "img => img.complete && img.naturalWidth") == 1  # the plot loaded
+        finally:
+            browser.close()
 
 
 @pytest.fixture
