@@ -24,6 +24,13 @@ class ApiSettings(BaseModel):
             "unset: artifacts show the storage URIs instead. The worker needs it, and the token, to sign."
         ),
     )
+    output_link_secret: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Key that signs output links, the same on the API and the worker. Unset: derived from the token. "
+            "Set it to give workers a key that can only open run outputs, instead of the API token."
+        ),
+    )
     output_link_ttl_s: int = Field(
         default=30 * 24 * 3600,
         ge=60,

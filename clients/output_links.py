@@ -3,8 +3,9 @@
 A link in the Prefect UI is followed by a browser, which cannot send our bearer token, and a
 ``file://`` or ``gs://`` URI is no link a browser opens. So the flow writes links to the API that
 carry their own permission: an expiry and an HMAC-SHA256 over the run, the file and the expiry,
-keyed by a key derived from the API token. A link opens one file of one run until it expires; it
-cannot be bent to another file or run. No Prefect here: flow code and the API both import it.
+keyed by a key derived from ``STACKFLOWS_API__OUTPUT_LINK_SECRET`` or, unset, the API token. A link
+opens one file of one run until it expires; it cannot be bent to another file or run. No Prefect
+here: flow code and the API both import it.
 
     output_url("file:///data/objects/runs/6f0c.../report/report.html")
     # -> "https://api.example.org/runs/6f0c.../files/report/report.html?exp=1767225600&sig=..."
@@ -36,8 +37,10 @@ def _settings(settings: Settings | None) -> Settings:
 
 
 def _key(settings: Settings) -> bytes | None:
-    token = settings.api.token.get_secret_value() if settings.api.token else ""
-    return hmac.new(token.encode(), _KEY_PURPOSE, hashlib.sha256).digest() if token else None
+    """The signing key: from ``output_link_secret`` when set (a worker then needs no API token), else the token."""
+    secret = settings.api.output_link_secret or settings.api.token
+    value = secret.get_secret_value() if secret else ""
+    return hmac.new(value.encode(), _KEY_PURPOSE, hashlib.sha256).digest() if value else None
 
 
 def signature(key: bytes, run_id: str, rel_path: str, expires: int) -> str:
@@ -78,8 +81,9 @@ def run_file_of(uri: str, storage_root: str) -> tuple[str, str] | None:
 def output_url(uri: str, *, settings: Settings | None = None, now: float | None = None) -> str | None:
     """A signed URL at which a browser can open ``uri`` (an object under ``<storage root>/runs/<id>/``).
 
-    None when there is nothing to sign with or link to: no ``STACKFLOWS_API__PUBLIC_URL`` or no
-    ``STACKFLOWS_API__TOKEN`` in this process, or a URI that is no run output.
+    None when there is nothing to sign with or link to: no ``STACKFLOWS_API__PUBLIC_URL``, neither
+    ``STACKFLOWS_API__OUTPUT_LINK_SECRET`` nor ``STACKFLOWS_API__TOKEN`` in this process, or a URI that
+    is no run output.
     """
     settings = _settings(settings)
     key, base = _key(settings), settings.api.public_url
@@ -98,7 +102,7 @@ def verify(
     """None when ``sig`` opens ``rel_path`` of ``run_id`` now; else why not, in words for the 403."""
     key = _key(_settings(settings))
     if key is None:
-        return "this server has no token to check link signatures with"
+        return "this server has no token or output link secret to check link signatures with"
     if not hmac.compare_digest(signature(key, run_id, rel_path, expires).encode(), sig.encode()):
         return "the link's signature does not match this file; open the run's artifact link again"
     if expires < (now if now is not None else time.time()):

@@ -16,6 +16,7 @@ import pytest
 from google.cloud import storage
 
 from api.settings import ApiSettings
+from clients import output_links
 from clients.output_links import output_url
 from clients.settings import Settings, get_settings
 from clients.storage import store_for
@@ -188,6 +189,18 @@ def test_no_link_without_a_public_url_or_outside_a_run(api_server: ApiServer, ru
     assert output_url(uris["report/report.html"], settings=quiet) is None
     assert output_url(f"{api_server.settings.storage_root}/inputs/abc/cells.h5ad", settings=api_server.settings) is None
     assert output_url("file:///etc/passwd", settings=api_server.settings) is None
+
+
+def test_a_worker_with_only_the_link_secret_signs_links_the_api_opens(api_server: ApiServer, run_files) -> None:
+    run_id, uris = run_files
+    public = api_server.settings.api.public_url
+    worker = api_server.settings.model_copy(update={"api": ApiSettings(public_url=public, output_link_secret="s3")})
+    api_side = api_server.settings.model_copy(update={"api": ApiSettings(token=TOKEN, output_link_secret="s3")})
+    query = dict(p.split("=") for p in urlsplit(output_url(uris["report/report.html"], settings=worker)).query.split("&"))
+    args = (run_id, "report/report.html", int(query["exp"]), query["sig"])
+    assert output_links.verify(*args, settings=api_side) is None
+    # Signed with the secret, not the token: the server that holds only the token refuses it.
+    assert output_links.verify(*args, settings=api_server.settings) is not None
 
 
 @pytest.mark.skipif(not os.access("/usr/bin/chromium", os.X_OK), reason="Debian's chromium is not installed")
