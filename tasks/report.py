@@ -83,7 +83,8 @@ class AnalysisReport(BaseModel):
     top_genes: list[TopGene]
     documents: list[str] = Field(default_factory=list, description="Documents the agent read, with the OCR engine.")
     caveats: list[str] = Field(
-        default_factory=list, description="What the flow knows for certain, beside the findings' caveats (e.g. pages OCR found no text on)."
+        default_factory=list,
+        description="What the flow knows for certain beside the findings' caveats (e.g. pages OCR found no text on).",
     )
     outputs: dict[str, str] = Field(default_factory=dict, description="Name -> URI of every file the run wrote.")
 
@@ -162,10 +163,12 @@ def report_sections(report: AnalysisReport, url_for: Callable[[str], str | None]
         "## GPU job",
         f"- job id: {md_inline(job.job_id)} on {md_inline(job.device)} ({job.precision})",
         f"- predictions: {job.predictions_shape[0]} cells x {job.predictions_shape[1]} genes",
-        f"- wall time: {job.wall_seconds:.1f} s, GPU-seconds: {job.gpu_seconds:.1f}, peak memory: {job.peak_memory_mb:.0f} MB",
+        f"- wall time: {job.wall_seconds:.1f} s, GPU-seconds: {job.gpu_seconds:.1f}, "
+        f"peak memory: {job.peak_memory_mb:.0f} MB",
         f"- model: {job.model_parameters:,} parameters, {'trained' if job.model_trained else 'UNTRAINED'}",
     ])))  # fmt: skip
-    sections.append(("findings", f"## Findings ({md_inline(findings.written_by)})\n\n{model_markdown(findings.markdown).strip()}"))
+    findings_md = model_markdown(findings.markdown).strip()
+    sections.append(("findings", f"## Findings ({md_inline(findings.written_by)})\n\n{findings_md}"))
     caveats = [*findings.caveats, *report.caveats]
     if caveats:
         sections.append(("caveats", "\n".join(["## Caveats", *[f"- {md_inline(c)}" for c in caveats]])))
@@ -183,7 +186,8 @@ def report_sections(report: AnalysisReport, url_for: Callable[[str], str | None]
         line = "- no language model was called"
     sections.append(("cost", f"## Agent cost\n{line}"))
     if report.documents:
-        sections.append(("documents", "\n".join(["## Documents read", *[f"- {md_inline(d)}" for d in report.documents]])))
+        lines = [f"- {md_inline(d)}" for d in report.documents]
+        sections.append(("documents", "\n".join(["## Documents read", *lines])))
     if report.outputs:
         lines = [f"- {md_inline(name)}: {md_output(uri, url_for(uri))}" for name, uri in report.outputs.items()]
         sections.append(("outputs", "\n".join(["## Outputs", *lines])))
@@ -224,17 +228,19 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.2rem .5re
 """
 
 
+_NO_LINK = (
+    "no browser link: set STACKFLOWS_API__PUBLIC_URL and STACKFLOWS_API__TOKEN for the worker "
+    "to link run outputs through the API"
+)
+
+
 def _output_link_artifact(uri: str, text: str, key: str) -> None:
     """A link a browser opens (the API's signed URL); without one, the storage URI as text."""
     url = output_url(uri)
     if url:
         create_link_artifact(url, link_text=text, key=key)
     else:
-        create_markdown_artifact(
-            f"{md_inline(text)}: {md_inline(uri)}\n\n(no browser link: set STACKFLOWS\\_API\\_\\_PUBLIC\\_URL and "
-            "STACKFLOWS\\_API\\_\\_TOKEN for the worker to link run outputs through the API)",
-            key=key,
-        )
+        create_markdown_artifact(f"{md_inline(text)}: {md_inline(uri)}\n\n({md_inline(_NO_LINK)})", key=key)
 
 
 @task(name="publish-report", cache_policy=INPUTS, persist_result=True)
@@ -269,7 +275,8 @@ def publish_report(report: AnalysisReport, query_uri: str, predictions_uri: str,
         description=f"{title}: {md_inline(report.question, limit=200)}",
     )
     create_table_artifact(
-        [{**row.model_dump(), "split_value": md_inline(row.split_value), "gene": md_inline(row.gene)} for row in report.top_genes],
+        # the UI renders table cells as markdown: context and gene names are the data's text
+        [{**r.model_dump(), "split_value": md_inline(r.split_value), "gene": md_inline(r.gene)} for r in report.top_genes],
         key="top-genes",
         description="Top genes per context",
     )

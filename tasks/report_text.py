@@ -136,7 +136,8 @@ def model_markdown(text: str) -> str:
 
 def safe_html(markdown_text: str) -> str:
     """Markdown rendered to HTML and sanitised: plain formatting tags and http(s) links only."""
-    rendered = md.markdown(markdown_text, extensions=["tables"], extension_configs={"tables": {"use_align_attribute": True}})
+    tables = {"tables": {"use_align_attribute": True}}  # align="right", not a style attribute
+    rendered = md.markdown(markdown_text, extensions=["tables"], extension_configs=tables)
     return nh3.clean(
         rendered,
         tags=ALLOWED_TAGS,
