@@ -16,6 +16,7 @@ MAX_DOCUMENTS = 20
 MAX_NAMES = 200  # values in a filter or split list, columns in a filter
 Uri = Annotated[str, StringConstraints(min_length=1, max_length=MAX_URI_CHARS)]
 ObsName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+ObsValues = Annotated[list[ObsName], Field(max_length=MAX_NAMES)]
 
 
 class AnalysisRequest(BaseModel):
@@ -52,10 +53,10 @@ class AnalysisRequest(BaseModel):
     split_values: list[ObsName] | None = Field(
         default=None, max_length=MAX_NAMES, description="Contexts to generate under."
     )
-    prompt_obs_filter: dict[ObsName, list[ObsName]] | None = Field(
+    prompt_obs_filter: dict[ObsName, ObsValues] | None = Field(
         default=None, max_length=MAX_NAMES, description="Which prompt cells to use."
     )
-    query_obs_filter: dict[ObsName, list[ObsName]] | None = Field(
+    query_obs_filter: dict[ObsName, ObsValues] | None = Field(
         default=None, max_length=MAX_NAMES, description="Which query cells to use."
     )
     num_steps: int | None = Field(default=None, ge=1, le=MAX_STEPS, description="Generation steps.")
