@@ -121,6 +121,14 @@ def run_demo(stack: LocalStack, demo: DemoData, checkpoint: str) -> bool:
     return True
 
 
+def keep_up(stack: LocalStack) -> int:
+    """Wait for Ctrl-C or SIGTERM (which stop the stack); a process that dies first ends the wait."""
+    print("The stack stays up, the nightly canary scheduled; Ctrl-C (or SIGTERM) stops it.", flush=True)
+    gone = stack.wait_for_exit()
+    print(f"{gone.name} exited ({gone.popen.returncode}); stopping the rest:\n{gone.tail()}", file=sys.stderr)
+    return 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -155,10 +163,7 @@ def main() -> int:
                         ".venv/bin/prefect server start; or run the demo with --keep.)"
                     )
                     return 0 if completed else 1
-                print("The stack stays up, the nightly canary scheduled; Ctrl-C (or SIGTERM) stops it.", flush=True)
-                gone = stack.wait_for_exit()
-                print(f"{gone.name} exited ({gone.popen.returncode}); stopping the rest:\n{gone.tail()}", file=sys.stderr)
-                return 1
+                return keep_up(stack)
             finally:
                 credentials.unlink(missing_ok=True)
     except KeyboardInterrupt:
