@@ -114,7 +114,10 @@ def start_demo(tmp_path: Path) -> tuple[Process, Path]:
     return start("demo", command, env, tmp_path, PROJECT_DIR), tmp_path / "data" / "local-stack.env"
 
 
-def test_demo_keep_hands_out_its_credentials_privately_and_sigterm_stops_all_it_started(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_demo_keep_hands_out_its_credentials_privately_and_stopping_it_stops_all_it_started(
+    tmp_path: Path, stop: signal.Signals
+) -> None:
     demo, env_file = start_demo(tmp_path)
     try:
         wait_until(env_file.exists, DEMO_UP_S, "the demo's stack to come up", watch=[demo])
@@ -135,10 +138,12 @@ def test_demo_keep_hands_out_its_credentials_privately_and_sigterm_stops_all_it_
 
         started = descendants(demo.popen.pid)  # server, worker, API and whatever they started
         assert len(started) >= 3, started
-        demo.popen.send_signal(signal.SIGTERM)  # what `kill` and service managers send
+        # SIGTERM: what `kill` and service managers send. Ctrl-C: a terminal sends SIGINT to its
+        # foreground process group, which is the demo alone (each child has a session of its own).
+        demo.popen.send_signal(stop)
         assert demo.popen.wait(timeout=120) == 130, demo.tail()
         left = [p for p in started if alive(p)]
-        assert left == [], f"still running after SIGTERM: {left}"
+        assert left == [], f"still running after {stop.name}: {left}"
         assert not env_file.exists(), "stale credentials left behind"
         assert "Stopped" in demo.tail()
     finally:
