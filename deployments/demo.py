@@ -85,8 +85,17 @@ def print_changes() -> Callable[[dict], None]:
     return show
 
 
-def report_link(run: dict) -> str | None:
-    return next((a["link"] for a in run["artifacts"] if a.get("key") == "report-html"), None)
+def report_url(run: dict) -> str | None:
+    """The report page a browser opens: the API's signed URL of the run's report-html artifact."""
+    return next((a.get("url") or a.get("link") for a in run["artifacts"] if a.get("key") == "report-html"), None)
+
+
+def report_file(storage_root: str, run_id: str) -> Path | None:
+    """report.md of a run, when the storage root is this machine's file system."""
+    if not storage_root.startswith("file://"):
+        return None
+    path = local_path_of(storage_root) / "runs" / run_id / "report" / "report.md"
+    return path if path.is_file() else None
 
 
 def print_access(stack: LocalStack, credentials: Path, show_secrets: bool) -> None:
@@ -114,9 +123,7 @@ def run_demo(stack: LocalStack, demo: DemoData, checkpoint: str) -> bool:
         print(f"The run ended {final['state']['name']}: {final['state']['message']}", file=sys.stderr)
         print(f"Worker log: {stack.home / 'logs' / 'worker.log'}", file=sys.stderr)
         return False
-    html = report_link(final)
-    report_md = local_path_of(html).with_suffix(".md") if html else None
-    print(f"\nReport:  {report_md}\n         {html}")
+    print(f"\nReport:  {report_file(get_settings().storage_root, run['id'])}\n         {report_url(final)}")
     print(f"UI:      {final['ui_url']}", flush=True)
     return True
 

@@ -216,12 +216,14 @@ def running_local_stack(
     prefect_port = prefect_port or free_port()
     prefect_url = f"http://127.0.0.1:{prefect_port}/api"
     api_port = free_port()
+    api_url = f"http://127.0.0.1:{api_port}"
     env = {
         **stack_env(home, prefect_url, data_dir, api_token, ui, database_url, scheduler=scheduler),
+        "STACKFLOWS_API__PUBLIC_URL": api_url,  # flow runs link their outputs as URLs signed for the API
         **(extra_env or {}),
     }
     stack = LocalStack(
-        home=home, data_dir=data_dir, prefect_url=prefect_url, api_url=f"http://127.0.0.1:{api_port}",
+        home=home, data_dir=data_dir, prefect_url=prefect_url, api_url=api_url,
         api_token=api_token, env=env, auth_string=env["PREFECT_API_AUTH_STRING"],
     )
     try:

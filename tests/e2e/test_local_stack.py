@@ -75,6 +75,11 @@ def test_a_run_with_only_the_ui_forms_required_fields_completes_on_the_defaults(
     logs = "".join(p.log.read_text(errors="replace") for p in system.processes)
     assert system.auth_string not in logs and system.api_token not in logs
 
+    # The stack's worker knows the API's address, so the run page links its report through the API.
+    (html,) = [a for a in done["artifacts"] if a["key"] == "report-html"]
+    assert html["link"].startswith(f"{system.api_url}/runs/{run_id}/files/"), html
+    assert httpx.get(html["url"], timeout=30).status_code == 200
+
 
 def test_the_nightly_canary_runs_on_the_local_stack(system: System) -> None:
     request = deployment(system, "nightly-canary")["parameters"]["request"]
