@@ -1,5 +1,5 @@
-"""The whole system on loopback, once per e2e session and database (deployments.local_stack): a real Prefect
-server (SQLite), the deployments from prefect.yaml, a process worker and the API, each a separate
+"""The whole system on loopback, once per e2e session and database (deployments.local_stack): a real
+Prefect server, the deployments from prefect.yaml, a process worker and the API, each a separate
 process like on a laptop. Inputs are a small subset of pbmc68k and a tiny untrained STACK
 checkpoint, so a run takes seconds of compute; the worker knows that checkpoint and gene list as its
 defaults, as the demo's worker does, so a run that names no model (the UI form) runs too."""
