@@ -23,9 +23,9 @@ from clients.settings import Settings, get_settings
 from clients.storage import join_uri, local_path_of
 from tasks.plan import Findings, RunPlan
 from tasks.report import AnalysisReport, JobFigures, TopGene, document_caveats, document_line, publish_report
+from tests.report.hostile import FORGED_FINDINGS, FORGED_QUESTION
 from tests.report.markup import assert_inert, parse_html, rendered
 from tests.report.run_page import run_artifacts
-from tests.report.test_report_text import FORGED_FINDINGS, FORGED_QUESTION
 
 HOSTILE_VALUE = "<img src=x onerror=alert(9)> # B"  # an obs value: a context and a filter value
 HOSTILE_GENE = "<b>GENE</b>_1"
