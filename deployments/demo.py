@@ -111,7 +111,13 @@ def print_access(stack: LocalStack, credentials: Path, show_secrets: bool) -> No
 def run_demo(stack: LocalStack, demo: DemoData, checkpoint: str) -> bool:
     """One analysis through POST /runs, followed to its end; True when it completed."""
     with stack.api() as api:
-        created = api.post("/runs", json=demo_request(demo.h5ad, demo.gene_list, checkpoint))
+        # Each demo asks anew: without a key of its own, the same request within the API's window
+        # would replay the previous demo's run (docs/api.md, idempotency).
+        created = api.post(
+            "/runs",
+            json=demo_request(demo.h5ad, demo.gene_list, checkpoint),
+            headers={"Idempotency-Key": f"demo-{secrets.token_hex(8)}"},
+        )
     if created.status_code != 202:
         print(f"POST /runs answered {created.status_code}: {created.text}", file=sys.stderr)
         return False
