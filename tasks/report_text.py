@@ -24,15 +24,17 @@ import markdown as md
 import nh3
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
-# Characters that mean something to CommonMark/GFM wherever they stand (and `&`, `<`, `>` for HTML).
-# Backslash escapes where python-markdown knows them too; entities where it does not (``~``, ``=``).
-_INLINE_SPECIAL = re.compile(r"[\\`*_{}\[\]()#|!]")
+# Characters that mean something to CommonMark/GFM wherever they stand; `&`, `<`, `>` become the
+# entities the Prefect UI's renderer decodes (it shows any other entity as typed).
+_INLINE_SPECIAL = re.compile(r"[\\`*_{}\[\]()#|!~]")
 # Characters that mean something only at the start of a line: list markers, setext underlines.
-_LINE_START = re.compile(r"^([-+]|\d+(?=[.)]))")
+_LINE_START = re.compile(r"^([-+=]|\d+(?=[.)]))")
+# Backslash escapes python-markdown does not know by itself (CommonMark allows any punctuation).
+_MORE_ESCAPES = ("~", "=", "|")
 # Container markers (blockquote, list item) that may stand before a heading or an underline.
 _CONTAINERS = r"(?:[ \t]*+(?:>|[-+*](?=[ \t])|\d{1,9}[.)](?=[ \t])))*+[ \t]*+"
 _HEADING = re.compile(rf"^({_CONTAINERS})(#)", re.MULTILINE)
-_UNDERLINE = re.compile(rf"^({_CONTAINERS})(?:(=)|-)(?=[=-]*[ \t]*$)", re.MULTILINE)
+_UNDERLINE = re.compile(rf"^({_CONTAINERS})([=-])(?=[=-]*[ \t]*$)", re.MULTILINE)
 _REFERENCE_DEFINITION = re.compile(rf"^({_CONTAINERS})\[(?=[^\]]*\]:)", re.MULTILINE)
 _IMAGE = re.compile(r"!\[")
 _NON_WEB_LINK = re.compile(r"\]\((?!\s*https?://)", re.IGNORECASE)
@@ -72,9 +74,7 @@ def plain_data(value: Any) -> Any:
 
 def _escape_chars(line: str) -> str:
     line = line.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    line = _INLINE_SPECIAL.sub(lambda m: "\\" + m.group(0), line).replace("~", "&#126;")
-    if line.startswith("="):
-        return "&#61;" + line[1:]
+    line = _INLINE_SPECIAL.sub(lambda m: "\\" + m.group(0), line)
     return _LINE_START.sub(r"\1\\", line) if line[:1].isdigit() else _LINE_START.sub(r"\\\1", line)
 
 
@@ -128,18 +128,25 @@ def model_markdown(text: str) -> str:
     """
     text = plain(text).replace("<", "&lt;")
     text = _HEADING.sub(r"\1\\\2", text)
-    text = _UNDERLINE.sub(lambda m: m.group(1) + ("&#61;" if m.group(2) else "\\-"), text)
+    text = _UNDERLINE.sub(r"\1\\\2", text)
     text = _REFERENCE_DEFINITION.sub(r"\1\\[", text)
     text = _IMAGE.sub(r"!\\[", text)
     return _NON_WEB_LINK.sub(r"]\\(", text)
 
 
+def markdown_html(markdown_text: str) -> str:
+    """Markdown as python-markdown renders it (raw HTML kept: ``safe_html`` is the one to publish),
+    knowing every backslash escape the escaping here writes."""
+    tables = {"tables": {"use_align_attribute": True}}  # align="right", not a style attribute
+    renderer = md.Markdown(extensions=["tables"], extension_configs=tables)
+    renderer.ESCAPED_CHARS.extend(c for c in _MORE_ESCAPES if c not in renderer.ESCAPED_CHARS)
+    return renderer.convert(markdown_text)
+
+
 def safe_html(markdown_text: str) -> str:
     """Markdown rendered to HTML and sanitised: plain formatting tags and http(s) links only."""
-    tables = {"tables": {"use_align_attribute": True}}  # align="right", not a style attribute
-    rendered = md.markdown(markdown_text, extensions=["tables"], extension_configs=tables)
     return nh3.clean(
-        rendered,
+        markdown_html(markdown_text),
         tags=ALLOWED_TAGS,
         attributes=ALLOWED_ATTRIBUTES,
         url_schemes={"http", "https"},

@@ -1,7 +1,7 @@
 """What a browser would build from the report's markdown or HTML: the tags, attributes and text.
 
-Markdown is rendered by two engines with raw HTML *enabled*: python-markdown (what writes
-report.html) and markdown-it (CommonMark with GFM tables, like the marked parser of the Prefect UI),
+Markdown is rendered by two engines with raw HTML *enabled*: python-markdown as report.html uses it
+(before nh3) and markdown-it (CommonMark with GFM tables, like the marked parser of the Prefect UI),
 so a test proves the escaping itself, not a sanitiser behind it.
 """
 
@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from html.parser import HTMLParser
 
-import markdown as md
 from markdown_it import MarkdownIt
+
+from tasks.report_text import markdown_html
 
 _COMMONMARK = MarkdownIt("commonmark").enable(["table", "strikethrough"])
 
@@ -72,7 +73,7 @@ def parse_html(html: str) -> Page:
 def rendered(markdown_text: str) -> list[Page]:
     """The markdown as python-markdown and as a CommonMark engine render it (raw HTML allowed)."""
     return [
-        parse_html(md.markdown(markdown_text, extensions=["tables"])),
+        parse_html(markdown_html(markdown_text)),
         parse_html(_COMMONMARK.render(markdown_text)),
     ]
 

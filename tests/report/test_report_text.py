@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tasks.report_text import md_image, md_inline, md_link, md_quote, model_markdown, plain, safe_html
@@ -19,6 +21,12 @@ def test_user_text_reads_as_typed_and_builds_no_markup(escape) -> None:
                       "~~struck~~", "`code`", "<https://example.org>", "<!-- hidden -->"):  # fmt: skip
             assert typed in text, (typed, text)
         assert "\x00" not in page.text and "\x1b" not in page.text
+
+
+@pytest.mark.parametrize("escape", [md_inline, md_quote], ids=["inline", "quote"])
+def test_user_text_uses_only_the_entities_the_prefect_ui_decodes(escape) -> None:
+    """The UI's renderer turns &lt; &gt; &amp; back into characters and shows any other entity as typed."""
+    assert set(re.findall(r"&#?\w+;", escape(FORGED_QUESTION + " a=b ~x~ ==="))) <= {"&lt;", "&gt;", "&amp;"}
 
 
 def test_inline_user_text_is_one_line_and_a_limit_cuts_before_escaping() -> None:
