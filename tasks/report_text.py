@@ -102,16 +102,24 @@ def _web_url(url: str | None) -> str | None:
     return plain(url)
 
 
+def _link_text(text: str) -> str:
+    """Text between ``[`` and ``]``: only what could end the link, open a code span or be HTML is
+    escaped, since the Prefect UI shows a link's text as written (``predictions_vs_query.png``)."""
+    text = " ".join(plain(text).split())
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return re.sub(r"[\\`\[\]]", lambda m: "\\" + m.group(0), text)
+
+
 def md_link(text: str, url: str | None) -> str:
     """``[text](url)`` for an http(s) URL; the text alone (escaped) for anything else."""
     target = _web_url(url)
-    return f"[{md_inline(text)}]({target})" if target else md_inline(text)
+    return f"[{_link_text(text)}]({target})" if target else md_inline(text)
 
 
 def md_image(alt: str, url: str | None) -> str:
     """``![alt](url)`` for an http(s) URL; the alt text alone (escaped) for anything else."""
     target = _web_url(url)
-    return f"![{md_inline(alt)}]({target})" if target else md_inline(alt)
+    return f"![{_link_text(alt)}]({target})" if target else md_inline(alt)
 
 
 def md_output(uri: str, url: str | None) -> str:

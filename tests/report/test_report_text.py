@@ -84,6 +84,10 @@ def test_links_and_images_only_to_http() -> None:
     assert md_image("plot", "file:///data/plot.png") == "plot"
     (page, _) = rendered(md_link("a", "https://x.example/a b)(c"))
     assert page.hrefs() == ["https://x.example/a%20b%29%28c"]
+    assert md_link("predictions_vs_query.png", "https://x.example/p") == "[predictions_vs_query.png](https://x.example/p)"
+    for page in rendered(md_link("<b>x</b>](javascript:alert(1)) [", "https://x.example/p")):
+        assert_inert(page)
+        assert page.hrefs() == ["https://x.example/p"] and page.text.strip() == "<b>x</b>](javascript:alert(1)) ["
 
 
 def test_control_characters_and_lone_surrogates_are_dropped() -> None:
