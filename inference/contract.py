@@ -46,7 +46,7 @@ class StackJobSpec(BaseModel):
         default=None, description="h5ad of the prompt (context) cells; required for generate."
     )
     checkpoint_uri: str = Field(description="STACK checkpoint (Lightning layout).")
-    gene_list_uri: str = Field(description="Pickled list of the model's gene symbols.")
+    gene_list_uri: str = Field(description="The model's gene symbols: a pickled list, .json or .txt (inference.gene_list).")
     prompt_obs_filter: dict[str, list[str]] | None = Field(
         default=None, description="Keep prompt cells whose obs[column] is one of the values (all must hold)."
     )

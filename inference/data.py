@@ -47,7 +47,7 @@ def check_gene_list(genes: Sequence[str], *, source: str) -> list[str]:
     genes = [str(g) for g in genes]
     upper = pd.Index([g.upper() for g in genes])
     if len(genes) == 0:
-        raise InputError(f"gene list {source} is empty; point gene_list_uri at the model's pickled gene list")
+        raise InputError(f"gene list {source} is empty; point gene_list_uri at the model's gene list")
     if upper.has_duplicates:
         dupes = sorted(set(upper[upper.duplicated()]))[:5]
         raise InputError(f"gene list {source} has duplicate symbols {dupes}; it must list each gene once")

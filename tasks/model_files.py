@@ -23,8 +23,8 @@ _HOW_TO_SET = {
         "`python -m inference.make_checkpoint` builds a small untrained one for trying the pipeline)"
     ),
     "gene list": (
-        "set gene_list_uri in the request or STACKFLOWS_MODEL__GENE_LIST_URI (the pickled list of gene "
-        "symbols the checkpoint was trained on)"
+        "set gene_list_uri in the request or STACKFLOWS_MODEL__GENE_LIST_URI (the gene symbols the checkpoint "
+        "was trained on: a pickled list, .json or .txt)"
     ),
 }
 
