@@ -77,7 +77,7 @@ def main() -> None:
     from google.cloud import storage
 
     from clients.storage.content import put_content_addressed
-    from tasks.h5ad_validation import validate_h5ad
+    from tasks.validation import validate_h5ad
     from tasks.staging import validate_with_digest
 
     root = "gs://bench/root"

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from clients.settings import get_settings
 from clients.storage import local_path_of, scheme_of, store_for
 from clients.storage.content import put_content_addressed
-from tasks.h5ad_validation import InputValidationError
+from tasks.validation import InputValidationError
 from tasks.staging import RETRY_TRANSIENT_STORAGE
 
 _HOW_TO_SET = {

@@ -13,7 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from clients.settings import get_settings
 from clients.storage.roots import SETTING, allowed_roots, refused_uris, request_uris
 from flows.models import AnalysisRequest
-from tasks.h5ad_validation import InputValidationError
+from tasks.validation import InputValidationError
 
 
 # NO_CACHE: the check is cheap and the roots may change between tries of a run; never skip it.

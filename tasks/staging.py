@@ -27,7 +27,7 @@ from clients.storage import scheme_of, store_for
 from clients.storage.content import content_uri, fetch_to_cache, put_content_addressed
 from clients.storage.digests import digest_file_cached
 from clients.storage.transient import is_transient_storage_error
-from tasks.h5ad_validation import DatasetFacts, InputValidationError, read_gene_list, validate_h5ad
+from tasks.validation import DatasetFacts, InputValidationError, read_gene_list, validate_h5ad
 
 
 class StagedInput(BaseModel):

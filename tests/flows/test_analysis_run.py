@@ -14,7 +14,7 @@ from clients.settings import Settings, get_settings
 from clients.storage import local_path_of
 from flows.analysis_run import analysis_run
 from flows.models import AnalysisRequest
-from tasks.h5ad_validation import InputValidationError
+from tasks.validation import InputValidationError
 from tests.ocr.conftest import text_pdf
 from tests.report.markup import parse_html, rendered
 from tests.small_inputs import Inputs, make_inputs

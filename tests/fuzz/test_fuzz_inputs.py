@@ -36,7 +36,7 @@ from PIL import Image
 
 from clients.ocr import DocumentError, DocumentReader, OcrSettings
 from inference.data import matrix_at
-from tasks.h5ad_validation import DatasetFacts, InputValidationError, validate_h5ad
+from tasks.validation import DatasetFacts, InputValidationError, validate_h5ad
 
 SCALE = max(1, int(os.environ.get("FUZZ_EXAMPLES_SCALE", "1")))
 

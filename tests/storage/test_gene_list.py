@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from inference.gene_list import GeneListError, read_gene_list
-from tasks.h5ad_validation import InputValidationError
-from tasks.h5ad_validation import read_gene_list as read_model_genes
+from tasks.validation import InputValidationError
+from tasks.validation import read_gene_list as read_model_genes
 
 
 class _RunsCode:

@@ -10,7 +10,7 @@ import numpy as np
 import scanpy as sc
 
 from deployments.demo_data import prepare_demo_data
-from tasks.h5ad_validation import read_gene_list, validate_h5ad
+from tasks.validation import read_gene_list, validate_h5ad
 
 
 def test_storage_demo_data_is_counts_that_reproduce_the_bundled_normalisation(tmp_path: Path) -> None:

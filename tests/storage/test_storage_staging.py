@@ -14,7 +14,7 @@ from clients.settings import Settings
 from clients.storage import store_for
 from clients.storage.digests import digest_file
 from deployments.demo_data import DemoData, prepare_demo_data
-from tasks.h5ad_validation import InputValidationError
+from tasks.validation import InputValidationError
 from tasks.staging import StagedInput, stage_input, validate_input
 from tests.fake_gcs import Fault, GcsEmulator
 

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from tasks.h5ad_validation import InputValidationError, read_gene_list, validate_h5ad
+from tasks.validation import InputValidationError, read_gene_list, validate_h5ad
 
 N_OBS, N_VARS = 40, 30
 GENES = [f"Gene{i}" for i in range(N_VARS)]
