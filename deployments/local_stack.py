@@ -80,7 +80,10 @@ class LocalStack:
         """An HTTP client for the API; ``token=None`` sends no Authorization header."""
         token = self.api_token if token == "" else token
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.Client(base_url=self.api_url, headers=headers, timeout=30)
+        # 120 s: on SQLite the Prefect server takes one write at a time, and with a few runs in flight
+        # on 2 cores a read can wait out the Prefect client's own backoff on "database is locked"
+        # (2 + 4 + 8 + 16 s) before the API answers; slow is not wrong, and the soak polls through it.
+        return httpx.Client(base_url=self.api_url, headers=headers, timeout=120)
 
     def wait_for_run(
         self,
