@@ -32,7 +32,7 @@ from api.limits import BodySizeLimit
 from api.models import Health, RunView
 from clients.settings import Settings, get_settings
 from clients.storage.roots import allowed_roots, refused_uris, request_uris
-from flows.models import AnalysisRequest
+from tasks.request import AnalysisRequest
 
 REPLAYED = "Idempotent-Replayed"
 

@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from clients.storage import local_path_of, scheme_of, store_for
 from clients.storage.roots import request_uris
-from flows.models import AnalysisRequest
+from tasks.request import AnalysisRequest
 
 logger = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from pydantic import TypeAdapter
 from api.idempotency import default_keys, request_digest, same_request
 from api.models import ArtifactLink, Progress, RunState, RunView
 from clients.settings import get_settings
-from flows.models import AnalysisRequest
+from tasks.request import AnalysisRequest
 
 
 class RunNotFound(LookupError):

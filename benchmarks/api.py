@@ -127,7 +127,7 @@ async def measure(args: argparse.Namespace, api_url: str, deployment_id: str, da
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
     from api.runs import idempotency_key_for
-    from flows.models import AnalysisRequest
+    from tasks.request import AnalysisRequest
 
     direct = Side(f"direct create_flow_run_from_deployment, {args.concurrency} in flight (baseline)", args.concurrency)
     api = Side(f"POST /runs through the API, {args.concurrency} in flight", args.concurrency)

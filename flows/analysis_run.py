@@ -23,10 +23,10 @@ from clients.batch.settings import GPU_CONCURRENCY_LIMIT
 from clients.settings import get_settings
 from clients.storage import join_uri
 from flows.faults import fault_point
-from flows.models import AnalysisRequest, merge_obs_required
+from tasks.request import AnalysisRequest, merge_obs_required
 from flows.stack_inference import cancel_gpu_jobs_of_flow_run, stack_inference
 from inference.contract import PREDICTIONS_FILE
-from tasks.agent import interpret, plan_run
+from tasks.agent.steps import interpret, plan_run
 from tasks.model_files import resolve_model_files
 from tasks.ocr import ocr_documents
 from tasks.report import AnalysisReport, JobFigures, document_caveats, document_line, publish_report, top_gene_rows

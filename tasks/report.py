@@ -28,7 +28,7 @@ from clients.ocr.models import DocumentText
 from clients.output_links import output_url
 from clients.storage import join_uri, store_for
 from inference.contract import JobManifest, PredictionSummary
-from tasks.plan import AgentUsage, Findings, RunPlan
+from tasks.agent.plan import AgentUsage, Findings, RunPlan
 from tasks.prediction_plot import plot_predictions_vs_query
 from tasks.report_text import md_image, md_inline, md_output, md_quote, model_markdown, plain_data, safe_html
 from tasks.staging import local_input

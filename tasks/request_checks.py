@@ -12,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 
 from clients.settings import get_settings
 from clients.storage.roots import SETTING, allowed_roots, refused_uris, request_uris
-from flows.models import AnalysisRequest
+from tasks.request import AnalysisRequest
 from tasks.validation import InputValidationError
 
 

@@ -7,8 +7,8 @@ import json
 from clients.llm.claude import ClaudeClient
 from clients.llm.settings import AgentSettings
 from inference.contract import PredictionSummary, SplitSummary
-from tasks.claude_agent import interpret_with_claude
-from tasks.plan import RunPlan
+from tasks.agent.claude import interpret_with_claude
+from tasks.agent.plan import RunPlan
 from tests.agent.conftest import FAKE_KEY
 from tests.fake_anthropic_api import FakeMessagesAPI, text, thinking
 

@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 
 from clients.llm.settings import AgentSettings
-from flows.models import AnalysisRequest
+from tasks.request import AnalysisRequest
 from inference.contract import PredictionSummary, SplitSummary
-from tasks.offline_findings import offline_findings
-from tasks.offline_planner import OFFLINE_PLANNER, offline_plan
-from tasks.plan_checks import PlanInvalid, check_plan, check_request
-from tasks.plan_data import PlanData
+from tasks.agent.offline_findings import offline_findings
+from tasks.agent.offline_planner import OFFLINE_PLANNER, offline_plan
+from tasks.agent.plan_checks import PlanInvalid, check_plan, check_request
+from tasks.agent.plan_data import PlanData
 
 QUESTION = "How would dendritic cells look in the context of monocytes and B cells?"
 

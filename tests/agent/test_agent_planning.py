@@ -9,10 +9,10 @@ import pytest
 
 from clients.llm.claude import ClaudeClient, SpendLimitReached
 from clients.llm.settings import AgentSettings
-from flows.models import AnalysisRequest
-from tasks.claude_agent import plan_with_claude
-from tasks.plan_checks import PlanInvalid
-from tasks.plan_data import PlanData
+from tasks.request import AnalysisRequest
+from tasks.agent.claude import plan_with_claude
+from tasks.agent.plan_checks import PlanInvalid
+from tasks.agent.plan_data import PlanData
 from tests.agent.conftest import FAKE_KEY
 from tests.fake_anthropic_api import FakeMessagesAPI, text, thinking, tool_use
 

@@ -28,11 +28,11 @@ from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
 
 from clients.llm.settings import AgentSettings
 from clients.settings import get_settings
-from flows.models import AnalysisRequest
+from tasks.request import AnalysisRequest
 from inference.contract import PredictionSummary, SplitSummary
-from tasks.agent import anthropic_api_key, interpret, plan_run
-from tasks.plan import Findings, RunPlan
-from tasks.plan_checks import PlanInvalid
+from tasks.agent.steps import anthropic_api_key, interpret, plan_run
+from tasks.agent.plan import Findings, RunPlan
+from tasks.agent.plan_checks import PlanInvalid
 from tasks.staging import StagedInput, stage_input, validate_input
 from tests.agent.conftest import FAKE_KEY
 from tests.fake_anthropic_api import FakeMessagesAPI, text, thinking, tool_use

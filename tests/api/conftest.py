@@ -18,7 +18,7 @@ import uvicorn
 from api.app import create_app
 from api.settings import ApiSettings
 from clients.settings import Settings
-from flows.models import AnalysisRequest
+from tasks.request import AnalysisRequest
 from deployments.processes import free_port
 from tests.api.schema_deployment import register_schema_deployment
 

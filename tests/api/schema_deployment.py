@@ -7,7 +7,7 @@ the real deployment.
 
 from __future__ import annotations
 
-from flows.models import AnalysisRequest
+from tasks.request import AnalysisRequest
 
 
 def analysis_run_signature(request: AnalysisRequest) -> None:

@@ -13,7 +13,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 from clients.settings import Settings, get_settings
 from clients.storage import local_path_of
 from flows.analysis_run import analysis_run
-from flows.models import AnalysisRequest
+from tasks.request import AnalysisRequest
 from tasks.validation import InputValidationError
 from tests.ocr.conftest import text_pdf
 from tests.report.markup import parse_html, rendered

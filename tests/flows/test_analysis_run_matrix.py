@@ -18,7 +18,7 @@ import scipy.sparse as sp
 from clients.settings import Settings, get_settings
 from clients.storage import local_path_of
 from flows.analysis_run import analysis_run
-from flows.models import AnalysisRequest
+from tasks.request import AnalysisRequest
 from inference.contract import JobManifest
 from tasks.prediction_plot import mean_log1p_cpm, query_means_on_genes, what_the_job_read
 from tests.small_inputs import Inputs, make_inputs

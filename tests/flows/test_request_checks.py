@@ -11,7 +11,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from clients.settings import Settings, get_settings
 from flows.analysis_run import analysis_run
-from flows.models import AnalysisRequest
+from tasks.request import AnalysisRequest
 from tasks.validation import InputValidationError, validate_h5ad
 from tasks.request_checks import check_request_uris
 

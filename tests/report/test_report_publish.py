@@ -21,7 +21,7 @@ from clients.ocr.models import DocumentText, PageText
 from clients.output_links import verify
 from clients.settings import Settings, get_settings
 from clients.storage import join_uri, local_path_of
-from tasks.plan import Findings, RunPlan
+from tasks.agent.plan import Findings, RunPlan
 from tasks.report import AnalysisReport, JobFigures, TopGene, document_caveats, document_line, publish_report
 from tests.report.hostile import FORGED_FINDINGS, FORGED_QUESTION
 from tests.report.markup import assert_inert, parse_html, rendered

@@ -16,13 +16,13 @@ from pydantic import ValidationError
 
 from clients.llm.claude import ClaudeClient
 from clients.llm.settings import AgentSettings
-from flows.models import AnalysisRequest
+from tasks.request import AnalysisRequest
 from inference.contract import PredictionSummary
-from tasks.agent_tools import SUBMIT_PLAN, TOOLS, run_tool
-from tasks.offline_findings import UNTRAINED_CAVEAT, offline_findings, summary_caveats
-from tasks.plan import Findings, PlanProposal, RunPlan
-from tasks.plan_checks import PlanInvalid, apply_request, check_plan, explicit_fields
-from tasks.plan_data import PlanData
+from tasks.agent.tools import SUBMIT_PLAN, TOOLS, run_tool
+from tasks.agent.offline_findings import UNTRAINED_CAVEAT, offline_findings, summary_caveats
+from tasks.agent.plan import Findings, PlanProposal, RunPlan
+from tasks.agent.plan_checks import PlanInvalid, apply_request, check_plan, explicit_fields
+from tasks.agent.plan_data import PlanData
 from tasks.report_text import md_inline
 
 log = logging.getLogger(__name__)

@@ -25,14 +25,14 @@ from clients.llm.claude import ClaudeClient
 from clients.llm.settings import AgentSettings
 from clients.settings import get_settings
 from clients.storage import local_path_of, scheme_of
-from flows.models import AnalysisRequest
+from tasks.request import AnalysisRequest
 from inference.contract import PredictionSummary
-from tasks.claude_agent import interpret_with_claude, plan_with_claude
-from tasks.offline_findings import offline_findings
-from tasks.offline_planner import offline_plan
-from tasks.plan import Findings, RunPlan
-from tasks.plan_checks import PlanInvalid, check_plan, check_request
-from tasks.plan_data import PlanData
+from tasks.agent.claude import interpret_with_claude, plan_with_claude
+from tasks.agent.offline_findings import offline_findings
+from tasks.agent.offline_planner import offline_plan
+from tasks.agent.plan import Findings, RunPlan
+from tasks.agent.plan_checks import PlanInvalid, check_plan, check_request
+from tasks.agent.plan_data import PlanData
 from tasks.staging import StagedInput
 
 API_KEY_ENV = "ANTHROPIC_API_KEY"

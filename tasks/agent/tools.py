@@ -1,6 +1,6 @@
 """The tools the planning model may call, and what each one answers from the staged data.
 
-They read cell metadata only (see :mod:`tasks.plan_data`). A bad call (an unknown column, say)
+They read cell metadata only (see :mod:`tasks.agent.plan_data`). A bad call (an unknown column, say)
 answers with an error result that lists what does exist, so the model can correct itself.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tasks.plan import PlanProposal
-from tasks.plan_data import PlanData
+from tasks.agent.plan import PlanProposal
+from tasks.agent.plan_data import PlanData
 
 SUBMIT_PLAN = "submit_plan"
 _WHICH = {"type": "string", "enum": ["prompt", "query"], "description": "Which input: prompt (context) or query cells."}

@@ -7,7 +7,7 @@ are added by code, not left to a model to remember.
 from __future__ import annotations
 
 from inference.contract import PredictionSummary, SplitSummary
-from tasks.plan import Findings, RunPlan
+from tasks.agent.plan import Findings, RunPlan
 from tasks.report_text import md_inline
 
 OFFLINE_WRITER = "offline summary (no model read the results)"

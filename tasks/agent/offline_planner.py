@@ -11,10 +11,10 @@ from __future__ import annotations
 import re
 
 from clients.llm.settings import AgentSettings
-from flows.models import AnalysisRequest
-from tasks.plan import RunPlan
-from tasks.plan_checks import PlanInvalid, explicit_fields
-from tasks.plan_data import ObsTable, PlanData
+from tasks.request import AnalysisRequest
+from tasks.agent.plan import RunPlan
+from tasks.agent.plan_checks import PlanInvalid, explicit_fields
+from tasks.agent.plan_data import ObsTable, PlanData
 
 OFFLINE_PLANNER = "offline planner (no ANTHROPIC_API_KEY)"
 

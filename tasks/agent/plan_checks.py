@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from clients.llm.settings import AgentSettings
-from flows.models import AnalysisRequest
-from tasks.plan import ObsFilter, PlanProposal
-from tasks.plan_data import ObsTable, PlanData
+from tasks.request import AnalysisRequest
+from tasks.agent.plan import ObsFilter, PlanProposal
+from tasks.agent.plan_data import ObsTable, PlanData
 
 # Request fields that, when given, the plan must use as they are.
 EXPLICIT_FIELDS = ("split_column", "split_values", "prompt_obs_filter", "query_obs_filter", "num_steps")
