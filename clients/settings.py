@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from api.settings import ApiSettings
 from clients.batch.settings import BatchSettings
+from clients.grounding_settings import GroundingSettings
 from clients.llm.settings import AgentSettings
 from clients.ocr.settings import OcrSettings
 from clients.storage.settings import StorageSettings
@@ -58,6 +59,7 @@ class Settings(BaseSettings):
     batch: BatchSettings = Field(default_factory=BatchSettings)
     agent: AgentSettings = Field(default_factory=AgentSettings)
     ocr: OcrSettings = Field(default_factory=OcrSettings)
+    grounding: GroundingSettings = Field(default_factory=GroundingSettings)
     faults: FaultSettings = Field(default_factory=FaultSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
 

@@ -22,6 +22,10 @@ PREDICTIONS_FILE = "predictions.h5ad"
 SUMMARY_FILE = "summary.json"
 MANIFEST_FILE = "manifest.json"
 PROGRESS_FILE = "progress.json"
+DE_FILE = "de.parquet"  # per treated context and gene, against its reference (inference.de)
+
+# A DE gene is "significant" in summaries and scores below this Benjamini-Hochberg q.
+DE_Q_THRESHOLD = 0.05
 
 # Bounds every caller shares (request, plan, job): what the job and Prefect can run. The job seeds
 # numpy with ``seed + step``, which must stay below 2**32; Prefect stores parameters as JSON, where
@@ -75,6 +79,25 @@ class StackJobSpec(BaseModel):
     split_values: list[str] | None = Field(
         default=None, description="Contexts to generate under; None means every value present."
     )
+    control_value: str | None = Field(
+        default=None,
+        description="A value of split_column that is the baseline (PBS, vehicle, untreated, ...): the query cells "
+        "are generated under it too, same seed, and every other context's DE pairs against it by query_cell "
+        "(synthetic control). None: the reference is the query input itself (query-as-control, unpaired).",
+    )
+    cell_type_column: str | None = Field(
+        default=None,
+        description="obs column naming cell types, in the query and prompt data: the query type's own markers "
+        "(identity preservation) and the backtest read it.",
+    )
+    query_cell_type: str | None = Field(
+        default=None, description="The query cells' value of cell_type_column."
+    )
+    backtest: bool = Field(
+        default=False,
+        description="Hold the prompt's real cells of query_cell_type under each treated context out of the prompt, "
+        "and score the prediction of those contexts against them (cell-eval).",
+    )
     num_steps: int = Field(default=10, ge=1, le=MAX_STEPS)
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
     batch_size: int = Field(default=8, ge=1, le=4096)
@@ -90,7 +113,18 @@ class StackJobSpec(BaseModel):
                 "mode 'generate' needs prompt_uri and split_column: the prompt cells and the obs "
                 "column whose values are the contexts to generate under"
             )
+        if self.control_value is not None and self.split_column is None:
+            raise ValueError("control_value needs split_column: it is a value of that column")
+        if (self.backtest or self.query_cell_type is not None) and (
+            self.cell_type_column is None or self.query_cell_type is None
+        ):
+            raise ValueError("query_cell_type and backtest need both cell_type_column and query_cell_type")
         return self
+
+    def contexts(self, present: list[str]) -> list[str]:
+        """The contexts the job generates, in order: the treated ones, then the control (once)."""
+        treated = [v for v in present if v != self.control_value]
+        return treated + ([self.control_value] if self.control_value is not None else [])
 
     def to_argv(self) -> list[str]:
         """The container command that runs this job."""
@@ -123,24 +157,86 @@ class JobProgress(BaseModel):
         return self.chunks_done / self.chunks_total if self.chunks_total else 0.0
 
 
+Reference = Literal["synthetic_control", "query_input"]
+
+
+class GeneChange(BaseModel):
+    """One gene of one treated context against its reference: a row of ``de.parquet``, in brief."""
+
+    gene: str
+    mean_treated: float = Field(description="Mean log1p-CPM of the treated arm's generated cells.")
+    mean_reference: float = Field(description="Mean log1p-CPM of the reference arm (synthetic control or query input).")
+    log_fold_change: float = Field(
+        description="Paired: mean over query cells of the per-cell log1p-CPM difference; unpaired: "
+        "mean_treated - mean_reference."
+    )
+    p_value: float
+    q_value: float = Field(description="Benjamini-Hochberg across the genes tested in this context.")
+    fraction_same_direction: float = Field(
+        description="Share of query cells whose own change has the sign of log_fold_change (paired); unpaired: "
+        "share of treated cells on that side of the reference mean."
+    )
+
+
 class SplitSummary(BaseModel):
-    """How predictions under one context differ from the query input."""
+    """How predictions under one treated context differ from its reference (``de.parquet`` has every gene)."""
 
     split_value: str
     cells: int
-    mean_shift: float = Field(description="Mean over genes of |mean predicted - mean query| (log1p CPM).")
-    top_up: list[tuple[str, float]] = Field(description="Genes most raised vs the query input, with log fold change.")
-    top_down: list[tuple[str, float]]
+    reference: Reference = "query_input"
+    reference_value: str | None = Field(default=None, description="The control context, for a synthetic control.")
+    test: str = Field(default="", description="The test behind p_value, e.g. 'wilcoxon signed-rank, paired by query_cell'.")
+    genes_tested: int = 0
+    significant_up: int = Field(default=0, description="Genes with q < DE_Q_THRESHOLD and log_fold_change > 0.")
+    significant_down: int = 0
+    mean_shift: float = Field(description="Mean over tested genes of |log_fold_change| (log1p CPM).")
+    top_up: list[GeneChange] = Field(description="Genes most raised against the reference (q, then effect).")
+    top_down: list[GeneChange]
+
+
+class IdentityMarkers(BaseModel):
+    """The query cell type's own markers, from the input data (scanpy rank_genes_groups, type vs the rest)."""
+
+    cell_type_column: str
+    cell_type: str
+    genes: list[str] = Field(description="Top markers, most specific first; only genes the model and input share.")
+    cells_of_type: int
+    cells_other: int
+    method: str
+
+
+class BacktestContext(BaseModel):
+    """One treated context whose real cells of the query type were held out and predicted."""
+
+    split_value: str
+    real_cells: int
+    predicted_cells: int
+    metrics: dict[str, float] = Field(description="cell-eval metrics of the prediction against the real cells.")
+
+
+class BacktestSummary(BaseModel):
+    """The strongest grounding: predictions of real held-out cells, scored by cell-eval."""
+
+    cell_type_column: str
+    cell_type: str
+    held_out_cells: int = 0
+    contexts: list[BacktestContext] = Field(default_factory=list)
+    tool: str = Field(default="", description="What computed the metrics, with its version (cell-eval x.y).")
+    not_assessed: str | None = Field(default=None, description="Why there is no backtest, when there is none.")
 
 
 class PredictionSummary(BaseModel):
-    """What the agent reads to interpret a run: small, text-friendly."""
+    """What the agent and the grounding read about a run: small, text-friendly."""
 
     mode: Mode
     model_trained: bool
     query_cells: int
     genes: int
-    splits: list[SplitSummary] = Field(default_factory=list)
+    control_value: str | None = None
+    de_q_threshold: float = DE_Q_THRESHOLD
+    splits: list[SplitSummary] = Field(default_factory=list, description="Treated contexts (the control is not one).")
+    identity: IdentityMarkers | None = None
+    backtest: BacktestSummary | None = None
 
 
 class JobManifest(BaseModel):

@@ -17,6 +17,10 @@ MAX_NAMES = 200  # values in a filter or split list, columns in a filter
 Uri = Annotated[str, StringConstraints(min_length=1, max_length=MAX_URI_CHARS)]
 ObsName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 ObsValues = Annotated[list[ObsName], Field(max_length=MAX_NAMES)]
+GeneSymbol = Annotated[str, StringConstraints(min_length=1, max_length=64, strip_whitespace=True)]
+GeneSetName = Annotated[str, StringConstraints(min_length=1, max_length=512, strip_whitespace=True)]
+Direction = Literal["up", "down"]
+MAX_GENE_SET_FILES = 10
 
 
 class AnalysisRequest(BaseModel):
@@ -59,7 +63,42 @@ class AnalysisRequest(BaseModel):
     query_obs_filter: dict[ObsName, ObsValues] | None = Field(
         default=None, max_length=MAX_NAMES, description="Which query cells to use."
     )
+    control_value: ObsName | None = Field(
+        default=None,
+        description="The baseline value of split_column (PBS, vehicle, untreated, ...): the query cells are generated "
+        "under it too and every other context is compared with it cell by cell. Unset: the agent may choose one; "
+        "else the query input is the (weaker) reference.",
+    )
     num_steps: int | None = Field(default=None, ge=1, le=MAX_STEPS, description="Generation steps.")
+    # Grounding: what the prediction is scored against.
+    cell_type_column: ObsName | None = Field(
+        default=None, description="obs column with cell types (query and prompt): identity markers and the backtest."
+    )
+    query_cell_type: ObsName | None = Field(
+        default=None, description="The query cells' value of cell_type_column; resolved to a Cell Ontology term."
+    )
+    expected_up: list[GeneSymbol] | None = Field(
+        default=None, max_length=MAX_NAMES, description="Genes the question predicts go up (symbols)."
+    )
+    expected_down: list[GeneSymbol] | None = Field(
+        default=None, max_length=MAX_NAMES, description="Genes the question predicts go down (symbols)."
+    )
+    expected_gene_sets: dict[GeneSetName, Direction] | None = Field(
+        default=None,
+        max_length=MAX_NAMES,
+        description="Gene sets (GO id such as GO:0006954, or a set name from the pack or gene_set_uris) and the "
+        "direction they are expected to move.",
+    )
+    gene_set_uris: list[Uri] = Field(
+        default_factory=list,
+        max_length=MAX_GENE_SET_FILES,
+        description="GMT files of gene sets (MSigDB Hallmark and the like) beside the knowledge pack's GO BP.",
+    )
+    backtest: bool = Field(
+        default=True,
+        description="Where the prompt has real cells of the query type under a treated context, hold them out of "
+        "the prompt and score the prediction against them.",
+    )
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
     precision: Literal["fp32", "tf32", "bf16"] = "bf16"
     counts_required: bool = Field(
@@ -71,12 +110,18 @@ class AnalysisRequest(BaseModel):
         """obs columns (and values) the prompt file must have for the request's explicit plan fields."""
         required: dict[str, list[str] | None] = {}
         if self.split_column:
-            required[self.split_column] = list(self.split_values) if self.split_values else None
+            values = [*(self.split_values or []), *([self.control_value] if self.control_value else [])]
+            required[self.split_column] = values or None
+        if self.cell_type_column:
+            required[self.cell_type_column] = None
         return merge_obs_required(required, self.prompt_obs_filter or {})
 
     def query_obs_required(self) -> dict[str, list[str] | None]:
         """obs columns (and values) the query file must have for the request's explicit plan fields."""
-        return merge_obs_required({}, self.query_obs_filter or {})
+        required: dict[str, list[str] | None] = {}
+        if self.cell_type_column:
+            required[self.cell_type_column] = [self.query_cell_type] if self.query_cell_type else None
+        return merge_obs_required(required, self.query_obs_filter or {})
 
 
 def merge_obs_required(

@@ -36,6 +36,12 @@ class PlanProposal(BaseModel):
         default=None,
         description="Keep query cells whose obs[column] is one of the values (every column must match); null keeps all.",
     )
+    control_value: str | None = Field(
+        default=None,
+        description="A value of split_column that is the experiment's baseline (PBS, vehicle, DMSO, untreated, "
+        "control, ...), if it has one: the query cells are generated under it too and every other context is "
+        "compared with it cell by cell. Null when there is no baseline context.",
+    )
     num_steps: int = Field(ge=1, le=MAX_STEPS, description="Generation steps (more is slower; 10 is a sound default).")
     rationale: str = Field(
         min_length=1, max_length=4000, description="Why these cells and contexts answer the question, in a few sentences."
@@ -71,6 +77,9 @@ class RunPlan(PlanProposal):
         query_matrix: MatrixLocation | None = None,
         counts_required: bool = True,
         gene_name_column: str | None = None,
+        cell_type_column: str | None = None,
+        query_cell_type: str | None = None,
+        backtest: bool = False,
         **job_options: Any,
     ) -> StackJobSpec:
         """The GPU job that carries this plan out on the staged inputs.
@@ -94,6 +103,10 @@ class RunPlan(PlanProposal):
             query_obs_filter=self.query_obs_filter,
             split_column=self.split_column,
             split_values=list(self.split_values),
+            control_value=self.control_value,
+            cell_type_column=cell_type_column,
+            query_cell_type=query_cell_type,
+            backtest=backtest and cell_type_column is not None and query_cell_type is not None,
             num_steps=self.num_steps,
             seed=self.seed,
             precision=self.precision,

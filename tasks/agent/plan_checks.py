@@ -16,7 +16,9 @@ from tasks.agent.plan import ObsFilter, PlanProposal
 from tasks.agent.plan_data import ObsTable, PlanData
 
 # Request fields that, when given, the plan must use as they are.
-EXPLICIT_FIELDS = ("split_column", "split_values", "prompt_obs_filter", "query_obs_filter", "num_steps")
+EXPLICIT_FIELDS = (
+    "split_column", "split_values", "control_value", "prompt_obs_filter", "query_obs_filter", "num_steps",
+)
 
 
 class PlanInvalid(ValueError):
