@@ -33,6 +33,12 @@ prompt (context) cells and query cells, it predicts how the query cells' gene ex
 in the context the prompt cells define. A run names:
 - split_column: an obs column of the prompt data; each of its split_values is one context, and the \
 prompt cells with that value are the context's examples;
+- control_value: the value of split_column that is the experiment's baseline (PBS, vehicle, DMSO, \
+untreated, unstimulated, mock, non-targeting, ...), if the data has one. The query cells are then \
+generated under it too, with the same seed, and every treated context is compared with it cell by \
+cell (a synthetic control); without one the reference is the query input itself, a weaker \
+comparison. The control is not a treated context: do not list it in split_values. Use null when no \
+value is a baseline (cell types or clusters are not baselines);
 - prompt_obs_filter / query_obs_filter: which prompt and query cells take part (null keeps all);
 - num_steps: generation steps (10 is a sound default; more is slower, rarely needed).
 
@@ -41,7 +47,7 @@ Work like this:
 2. Work out which cells the question is about (the query) and which contexts it asks about (the \
 split values). Use show_values and count_cells to find exact spellings and check counts; values must \
 match the data exactly (compare as text).
-3. Every split value needs at least {min_prompt} prompt cells after the prompt filter, the query \
+3. Every split value (and the control_value) needs at least {min_prompt} prompt cells after the prompt filter, the query \
 filter must keep at least {min_query} query cells, and use at most {max_splits} split values.
 4. Call submit_plan once with the plan and a short rationale (a few sentences, no personal data).
 

@@ -3,7 +3,9 @@
 Used when no ``ANTHROPIC_API_KEY`` is set. It is deterministic: the same request and data give the
 same plan. Where the request leaves the split open it picks a categorical prompt column with
 several well-populated values, preferring one whose values the question mentions, then one whose
-name looks like a cell label or condition.
+name looks like a cell label or condition. When the split column has a baseline value (PBS,
+vehicle, untreated, ...; see :mod:`tasks.agent.control_choice`) and the request names no control,
+that value becomes the control_value: generated once as the reference, not a treated context.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import re
 from clients.llm.settings import AgentSettings
 from tasks.request import AnalysisRequest
 from tasks.agent.plan import RunPlan
-from tasks.agent.plan_checks import PlanInvalid, explicit_fields
+from tasks.agent.control_choice import choose_control
+from tasks.agent.plan_checks import PlanInvalid, explicit_fields, without_control
 from tasks.agent.plan_data import ObsTable, PlanData
 
 OFFLINE_PLANNER = "offline planner (no ANTHROPIC_API_KEY)"
@@ -50,9 +53,33 @@ def offline_plan(request: AnalysisRequest, data: PlanData, settings: AgentSettin
     else:
         reasons.append(f"split on {column!r} as the request asks")
     query_filter = fixed.get("query_obs_filter")
+    control = fixed.get("control_value")
+    if control is None:
+        candidates = data.prompt.value_counts(column, prompt_filter)
+        if "split_values" in fixed and len(set(fixed["split_values"])) == 1:
+            candidates.pop(fixed["split_values"][0], None)  # the request's one context stays treated
+        chosen = choose_control(column, candidates, settings.min_prompt_cells_per_split)
+        if chosen is not None:
+            control, why = chosen
+            reasons.append(why)
+        else:
+            reasons.append(f"no control: no value of {column!r} reads as a baseline, so the query input is the reference")
+    else:
+        reasons.append(f"control: {control!r} as the request asks")
     values = fixed.get("split_values")
     if values is None:
-        values = _choose_split_values(request.question, data.prompt, column, prompt_filter, query_filter, settings)
+        values = _choose_split_values(
+            request.question, data.prompt, column, prompt_filter, query_filter, settings, control
+        )
+        if not values:
+            raise PlanInvalid(
+                "The offline planner found no treated context to generate under:",
+                [
+                    f"prompt column {column!r} has no value other than the control {control!r} with at least "
+                    f"{settings.min_prompt_cells_per_split} prompt cells; name split_values in the request, or "
+                    "split on another column"
+                ],
+            )
         reasons.append(
             f"contexts: {len(values)} values with at least {settings.min_prompt_cells_per_split} prompt cells "
             "(those the question names, other than the query's own; else the largest)"
@@ -63,9 +90,10 @@ def offline_plan(request: AnalysisRequest, data: PlanData, settings: AgentSettin
     reasons.append(f"query: {query_cells} cells" + (" matching the request's filter" if query_filter else " (all)"))
     num_steps = fixed.get("num_steps", settings.default_num_steps)
     reasons.append(f"{num_steps} generation steps" + ("" if "num_steps" in fixed else " (default)"))
-    return RunPlan(
+    plan = RunPlan(
         split_column=column,
         split_values=values,
+        control_value=control,
         prompt_obs_filter=prompt_filter,
         query_obs_filter=query_filter,
         num_steps=num_steps,
@@ -74,6 +102,7 @@ def offline_plan(request: AnalysisRequest, data: PlanData, settings: AgentSettin
         rationale="Planned without a model; " + "; ".join(reasons) + ".",
         planned_by=OFFLINE_PLANNER,
     )
+    return without_control(plan)
 
 
 def _choose_split_column(
@@ -118,11 +147,12 @@ def _choose_split_values(
     prompt_filter: dict[str, list[str]] | None,
     query_filter: dict[str, list[str]] | None,
     settings: AgentSettings,
+    control: str | None = None,
 ) -> list[str]:
     """The contexts the question names (less the query's own, when it names others too); with none
-    named, the best-populated values."""
+    named, the best-populated values. The control is never one of them."""
     counts = table.value_counts(column, prompt_filter)  # largest first
-    populated = [v for v, n in counts.items() if n >= settings.min_prompt_cells_per_split]
+    populated = [v for v, n in counts.items() if n >= settings.min_prompt_cells_per_split and v != control]
     words = _words(question)
     mentioned = [v for v in populated if _words(v) & words]
     queried = set((query_filter or {}).get(column, []))

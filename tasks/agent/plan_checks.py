@@ -1,8 +1,8 @@
 """Checks that a plan can run on the staged data, in words a person (or a model) can act on.
 
 Every planner's output goes through :func:`check_plan` before a GPU job is built from it: the
-columns and values it names exist, each context has enough prompt cells and there are query cells
-to generate for. The request's explicit plan fields are checked first, on their own, so a bad
+columns and values it names exist, each context has enough prompt cells (the control_value too,
+which is never the only context) and there are query cells to generate for. The request's explicit plan fields are checked first, on their own, so a bad
 request fails before any model is paid for.
 """
 
@@ -39,8 +39,19 @@ def explicit_fields(request: AnalysisRequest) -> dict[str, Any]:
 
 
 def apply_request(proposal: PlanProposal, request: AnalysisRequest) -> PlanProposal:
-    """The proposal with the request's explicit fields put back: the request always wins."""
-    return proposal.model_copy(update=explicit_fields(request))
+    """The proposal with the request's explicit fields put back (the request always wins), less the
+    control among the treated contexts."""
+    return without_control(proposal.model_copy(update=explicit_fields(request)))
+
+
+def without_control(plan: PlanProposal) -> PlanProposal:
+    """``plan`` with its control_value removed from split_values: the control is generated once, as
+    the reference, never as a treated context. A plan whose only context is the control is left as it
+    is, so that :func:`check_plan` can say what is wrong with it."""
+    if plan.control_value is None or plan.control_value not in plan.split_values:
+        return plan
+    treated = [v for v in plan.split_values if v != plan.control_value]
+    return plan.model_copy(update={"split_values": treated}) if treated else plan
 
 
 def check_request(request: AnalysisRequest, data: PlanData, settings: AgentSettings) -> None:
@@ -58,10 +69,20 @@ def check_request(request: AnalysisRequest, data: PlanData, settings: AgentSetti
     column = fixed.get("split_column")
     if column is not None and column not in data.prompt.obs.columns:
         problems.append(_unknown_column("split_column", column, data.prompt, "prompt"))
-    elif column is not None and "split_values" in fixed and not problems:
-        problems += _split_problems(column, fixed["split_values"], request.prompt_obs_filter, data, settings)
-    elif column is None and "split_values" in fixed:
-        problems.append("split_values is given without split_column; name the obs column the values belong to")
+    elif column is not None and not problems:
+        control = fixed.get("control_value")
+        if "split_values" in fixed:
+            problems += _split_problems(column, fixed["split_values"], request.prompt_obs_filter, data, settings)
+            if control is not None and set(fixed["split_values"]) == {control}:
+                problems.append(_only_control(control))
+        if control is not None:
+            problems += _split_problems(
+                column, [control], request.prompt_obs_filter, data, settings, what="control_value"
+            )
+    elif column is None:
+        for name in ("split_values", "control_value"):
+            if name in fixed:
+                problems.append(f"{name} is given without split_column; name the obs column the values belong to")
     if problems:
         raise PlanInvalid("The request's plan fields do not fit the data (fix the request):", problems)
 
@@ -82,6 +103,12 @@ def check_plan(plan: PlanProposal, data: PlanData, settings: AgentSettings) -> l
     if len(set(plan.split_values)) != len(plan.split_values):
         problems.append("split_values repeats a value; name each context once")
     problems += _split_problems(plan.split_column, plan.split_values, plan.prompt_obs_filter, data, settings)
+    if plan.control_value is not None:
+        problems += _split_problems(
+            plan.split_column, [plan.control_value], plan.prompt_obs_filter, data, settings, what="control_value"
+        )
+        if set(plan.split_values) == {plan.control_value}:
+            problems.append(_only_control(plan.control_value))
     query_cells = data.query.count(plan.query_obs_filter)
     if query_cells < settings.min_query_cells:
         problems.append(
@@ -92,7 +119,12 @@ def check_plan(plan: PlanProposal, data: PlanData, settings: AgentSettings) -> l
 
 
 def _split_problems(
-    column: str, values: list[str], prompt_filter: ObsFilter | None, data: PlanData, settings: AgentSettings
+    column: str,
+    values: list[str],
+    prompt_filter: ObsFilter | None,
+    data: PlanData,
+    settings: AgentSettings,
+    what: str = "split value",
 ) -> list[str]:
     counts = data.prompt.value_counts(column, prompt_filter)
     present = data.prompt.value_counts(column)
@@ -103,16 +135,23 @@ def _split_problems(
         have = counts.get(str(value), 0)
         if str(value) not in present:
             problems.append(
-                f"split value {value!r} is not a value of prompt column {column!r} "
+                f"{what} {value!r} is not a value of prompt column {column!r} "
                 f"(values: {_listing(list(present))})"
             )
         elif have < need:
             where = " after prompt_obs_filter" if prompt_filter else ""
             problems.append(
-                f"split value {value!r} has {have} prompt cells{where}; at least {need} needed "
+                f"{what} {value!r} has {have} prompt cells{where}; at least {need} needed "
                 f"(values with enough: {_listing(enough) or 'none'})"
             )
     return problems
+
+
+def _only_control(control: str) -> str:
+    return (
+        f"the only context is the control {control!r}: the control is the reference, generated once; "
+        "name at least one treated context in split_values"
+    )
 
 
 def _filter_problems(name: str, obs_filter: ObsFilter | None, table: ObsTable, side: str) -> list[str]:

@@ -38,7 +38,7 @@ from tasks.staging import StagedInput
 API_KEY_ENV = "ANTHROPIC_API_KEY"
 # Part of the offline plans' cache key: bump it when the offline planner or summary changes what it
 # writes, so persisted plans from older code are not served again.
-OFFLINE_PLANNER_VERSION = 3
+OFFLINE_PLANNER_VERSION = 4
 # Agent settings that change what a step answers; the others (prices, timeouts) do not invalidate results.
 _ANSWER_SHAPING = (
     "model",

@@ -171,7 +171,7 @@ def test_a_missing_obs_value_is_never_a_context_or_a_filter_value(tmp_path: Path
 
     plan = offline_plan(_request(path, question="What changes between conditions?"), data, settings)
 
-    assert plan.split_column == "condition" and plan.split_values == ["ctrl", "stim"]
+    assert plan.split_column == "condition" and plan.split_values == ["stim"] and plan.control_value == "ctrl"
     assert data.prompt.value_counts("condition") == {"ctrl": 15, "stim": 12}
     assert data.prompt.describe_column("condition")["cells_without_a_value"] == 20
     for fields, expected in [
