@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from clients.llm.usage import AgentUsage
+
 Direction = Literal["up", "down"]
 # Who said so: the request, a model (Claude with the pack-search tools), the offline name matcher,
 # or a claim in one of the request's documents.
@@ -72,6 +74,9 @@ class Expectations(BaseModel):
     )
     set_by: str = Field(description="'request', 'request + offline name matching', 'request + model <id>', ...")
     pack_version: str
+    usage: AgentUsage | None = Field(
+        default=None, description="Tokens and cost of the model that helped set them; None when no model was called."
+    )
 
 
 class EnrichmentRow(BaseModel):
