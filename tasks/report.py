@@ -13,11 +13,15 @@ API's signed URLs (``clients.output_links``): a browser opens no ``file://`` or 
 from __future__ import annotations
 
 import base64
+import html
+import io
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 import anndata as ad
+import pandas as pd
 from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import INPUTS
@@ -27,10 +31,22 @@ from pydantic import BaseModel, Field
 from clients.ocr.models import DocumentText
 from clients.output_links import output_url
 from clients.storage import join_uri, store_for
-from inference.contract import JobManifest, PredictionSummary
+from inference.contract import DE_Q_THRESHOLD, JobManifest, PredictionSummary, Reference
 from tasks.agent.plan import AgentUsage, Findings, RunPlan
+from tasks.grounding.models import ComponentName, EnrichmentRow, Expectations, GroundingEvaluation
+from tasks.grounding.plots import enrichment_bar_png, volcano_png
 from tasks.prediction_plot import plot_predictions_vs_query
-from tasks.report_text import md_image, md_inline, md_output, md_quote, model_markdown, plain_data, safe_html
+from tasks.report_text import (
+    md_image,
+    md_inline,
+    md_output,
+    md_quote,
+    md_table,
+    model_markdown,
+    plain,
+    plain_data,
+    safe_html,
+)
 from tasks.staging import local_input
 
 
@@ -50,7 +66,10 @@ class JobFigures(BaseModel):
 
     @classmethod
     def from_manifest(cls, job_id: str, manifest: JobManifest) -> JobFigures:
-        wall = round(sum(manifest.timings_s.values()), 2)
+        # timings_s holds the parts and, beside them, "total_s" (inference.stack_job): the total is
+        # that one, never the parts plus it.
+        timings = manifest.timings_s
+        wall = round(timings["total_s"] if "total_s" in timings else sum(timings.values()), 2)
         return cls(
             job_id=job_id,
             device=manifest.device,
@@ -66,10 +85,23 @@ class JobFigures(BaseModel):
 
 
 class TopGene(BaseModel):
+    """One of a context's top genes against its reference, with the DE figures behind it (``GeneChange``).
+
+    The figures are optional so a report of a job without DE (or an old one) still loads.
+    """
+
     split_value: str
     direction: str
     gene: str
     log_fold_change: float
+    mean_treated: float | None = None
+    mean_reference: float | None = None
+    p_value: float | None = None
+    q_value: float | None = None
+    fraction_same_direction: float | None = None
+    reference: Reference | None = None
+    reference_value: str | None = None
+    test: str = ""
 
 
 class AnalysisReport(BaseModel):
@@ -87,6 +119,11 @@ class AnalysisReport(BaseModel):
         description="What the flow knows for certain beside the findings' caveats (e.g. pages OCR found no text on).",
     )
     outputs: dict[str, str] = Field(default_factory=dict, description="Name -> URI of every file the run wrote.")
+    expectations: Expectations | None = Field(default=None, description="What the question predicts, fixed for the run.")
+    grounding: GroundingEvaluation | None = Field(default=None, description="The score card, computed by code.")
+    volcano_plots: dict[str, str] = Field(
+        default_factory=dict, description="Treated context -> URI of its volcano plot (also in outputs)."
+    )
 
     @property
     def llm_usage(self) -> list[AgentUsage]:
@@ -100,12 +137,29 @@ def document_line(document: DocumentText) -> str:
 
 
 def top_gene_rows(summary: PredictionSummary) -> list[TopGene]:
+    """Each treated context's top genes up and down, with their DE figures and the context's reference."""
     rows = []
     for split in summary.splits:
-        for direction, genes in (("up", split.top_up), ("down", split.top_down)):
+        context = {
+            "split_value": split.split_value,
+            "reference": split.reference,
+            "reference_value": split.reference_value,
+            "test": split.test,
+        }
+        for direction, changes in (("up", split.top_up), ("down", split.top_down)):
             rows.extend(
-                TopGene(split_value=split.split_value, direction=direction, gene=g, log_fold_change=round(lfc, 3))
-                for g, lfc in genes
+                TopGene(
+                    **context,
+                    direction=direction,
+                    gene=c.gene,
+                    log_fold_change=round(c.log_fold_change, 3),
+                    mean_treated=round(c.mean_treated, 3),
+                    mean_reference=round(c.mean_reference, 3),
+                    p_value=c.p_value,
+                    q_value=c.q_value,
+                    fraction_same_direction=round(c.fraction_same_direction, 3),
+                )
+                for c in changes
             )
     return rows
 
@@ -122,6 +176,294 @@ def document_caveats(documents: list[DocumentText]) -> list[str]:
     return caveats
 
 
+# --- The grounding: score card, expectations, DE, enrichment --------------------------------------
+# Each ``*_rows`` function gives plain text cells (our figures and the data's words); the markdown
+# tables and the Prefect table artifacts escape every cell, so both show the same thing.
+
+COMPONENTS: tuple[ComponentName, ...] = (
+    "pathway_coherence", "target_activation", "identity_preservation", "document_support", "backtest",
+)  # fmt: skip
+NOT_ASSESSED = "not assessed"
+ENRICHMENT_ROWS_SHOWN = 25
+
+UNTRAINED_CAVEAT = (
+    "The STACK checkpoint is untrained: the predictions, the DE and the scores show that the pipeline works, "
+    "not biology."
+)
+DESCRIPTIVE_P_CAVEAT = (
+    "P-values and q-values over generated cells are descriptive: they shrink as more cells are generated, so a "
+    "small q says the model moved a gene consistently, not that the effect is real."
+)
+QUERY_AS_CONTROL_CAVEAT = (
+    "The reference is the query input itself (query-as-control), which is weaker than a synthetic control: "
+    "the model's own generation bias is not cancelled out, and the test is unpaired."
+)
+
+
+def _label(name: str) -> str:
+    return name.replace("_", " ")
+
+
+def _num(value: float | None, spec: str) -> str:
+    return "" if value is None else format(value, spec)
+
+
+def score_text(score: float | None) -> str:
+    """``7.5 / 10``, or ``not assessed``: an unassessed score is never shown as a number."""
+    return NOT_ASSESSED if score is None else f"{score:.1f} / 10"
+
+
+def reference_text(reference: str | None, reference_value: str | None = None) -> str:
+    """What a DE compared against, in words; query-as-control is named as the weaker comparison."""
+    if reference == "synthetic_control":
+        under = f" generated under {reference_value!r}" if reference_value else ""
+        return f"synthetic control (the query cells{under}, same job and seed, paired by query cell)"
+    if reference in ("query_input", None):
+        return "query input (query-as-control: weaker than a synthetic control)"
+    weaker = "query" in reference.casefold() and "weaker" not in reference.casefold()
+    return reference + (" (query-as-control: weaker than a synthetic control)" if weaker else "")
+
+
+def score_card_rows(evaluation: GroundingEvaluation) -> list[dict[str, str]]:
+    """One row per component in a fixed order (a missing one is "not assessed"), then the composite."""
+    rows = []
+    for name in COMPONENTS:
+        component = evaluation.component(name)
+        score = component.score if component is not None else None
+        weight = evaluation.weights.get(name)
+        weight_text = "" if weight is None else f"{weight:g}" + (" (not counted)" if score is None else "")
+        basis = component.basis if component is not None else "not computed for this run"
+        rows.append({"component": _label(name), "score": score_text(score), "weight": weight_text, "basis": basis})
+    assessed = [c for c in evaluation.components if c.assessed]
+    if evaluation.composite is None:
+        composite, basis = NOT_ASSESSED, f"needs at least two assessed components; {len(assessed)} assessed"
+    else:
+        composite = f"{evaluation.composite} / 10"
+        basis = "weighted mean of the assessed components, rounded half up: " + ", ".join(
+            _label(c.name) for c in assessed
+        )
+    rows.append({"component": "composite", "score": composite, "weight": "", "basis": basis})
+    return rows
+
+
+def de_gene_rows(top_genes: list[TopGene]) -> list[dict[str, str]]:
+    """The top genes per context with their DE figures (the ``de-genes`` artifact, the DE tables)."""
+    return [
+        {
+            "context": g.split_value,
+            "direction": g.direction,
+            "gene": g.gene,
+            "log_fold_change": _num(g.log_fold_change, ".3f"),
+            "mean_treated": _num(g.mean_treated, ".3f"),
+            "mean_reference": _num(g.mean_reference, ".3f"),
+            "q_value": _num(g.q_value, ".2e"),
+            "fraction_same_direction": _num(g.fraction_same_direction, ".2f"),
+            "reference": reference_text(g.reference, g.reference_value) if g.reference else "",
+            "test": g.test,
+        }
+        for g in top_genes
+    ]
+
+
+def _expected_text(row: EnrichmentRow) -> str:
+    if row.expected is None:
+        return ""
+    return "yes" if row.expected == row.direction else f"no (expected {row.expected})"
+
+
+def top_enrichment(rows: list[EnrichmentRow], limit: int = ENRICHMENT_ROWS_SHOWN) -> list[EnrichmentRow]:
+    """The rows a reader looks at first: every expected set, then the rest by q (then overlap)."""
+    ranked = sorted(rows, key=lambda r: (r.expected is None, r.q_value, -r.overlap))
+    return ranked[:limit]
+
+
+def enrichment_rows(rows: list[EnrichmentRow]) -> list[dict[str, str]]:
+    return [
+        {
+            "context": r.split_value,
+            "set": r.name,
+            "set_id": r.set_id,
+            "direction": r.direction,
+            "overlap": f"{r.overlap} / {r.set_size}",
+            "q_value": f"{r.q_value:.2e}",
+            "expected": _expected_text(r),
+        }
+        for r in top_enrichment(rows)
+    ]
+
+
+def _table(rows: list[dict[str, str]], columns: dict[str, str]) -> str:
+    """``columns``: row key -> header."""
+    return md_table(list(columns.values()), [[row[key] for key in columns] for row in rows])
+
+
+def _normal(text: str) -> str:
+    return " ".join(text.split()).casefold()
+
+
+def _query_as_control(report: AnalysisReport) -> bool:
+    if report.grounding is not None and "query" in report.grounding.reference.casefold():
+        return True
+    return any(g.reference == "query_input" for g in report.top_genes)
+
+
+def report_caveats(report: AnalysisReport) -> list[str]:
+    """Every caveat once: the findings', the flow's, the grounding's, and the three the grounding
+    always needs (untrained model, descriptive p-values, query-as-control) when nobody said them."""
+    caveats = [*report.findings.caveats, *report.caveats, *(report.grounding.caveats if report.grounding else [])]
+    has_statistics = report.grounding is not None or any(g.q_value is not None for g in report.top_genes)
+    needed = [
+        ("untrained", UNTRAINED_CAVEAT, not report.job.model_trained),
+        ("descriptive", DESCRIPTIVE_P_CAVEAT, has_statistics),
+        ("weaker", QUERY_AS_CONTROL_CAVEAT, has_statistics and _query_as_control(report)),
+    ]
+    for keyword, caveat, applies in needed:
+        if applies and not any(keyword in _normal(c) for c in caveats):
+            caveats.append(caveat)
+    seen: set[str] = set()
+    unique = []
+    for caveat in caveats:
+        if _normal(caveat) not in seen:
+            seen.add(_normal(caveat))
+            unique.append(caveat)
+    return unique
+
+
+def score_card_markdown(evaluation: GroundingEvaluation) -> str:
+    weights = ", ".join(f"{md_inline(_label(name))} {weight:g}" for name, weight in evaluation.weights.items())
+    return "\n".join([
+        "## Score card",
+        "",
+        "Each score is 0-10, computed by code from the DE and the expectations (never by a language model); "
+        "a component that could not be assessed says why and gets no number.",
+        "",
+        _table(score_card_rows(evaluation), {"component": "component", "score": "score", "weight": "weight", "basis": "basis"}),
+        "",
+        f"- composite weights: {weights or 'none set'} (unassessed components do not count)",
+        f"- formula: {md_inline(evaluation.formula_version)}, knowledge pack: {md_inline(evaluation.pack_version)}",
+        f"- reference: {md_inline(reference_text(evaluation.reference))}",
+    ])  # fmt: skip
+
+
+def expectations_markdown(expectations: Expectations) -> str:
+    lines = [
+        "## Expectations",
+        "",
+        f"- set by: {md_inline(expectations.set_by)}, knowledge pack: {md_inline(expectations.pack_version)}",
+    ]
+    cell_type = expectations.cell_type
+    if cell_type is None:
+        lines.append("- query cell type: not resolved to the Cell Ontology")
+    else:
+        lines.append(
+            f"- query cell type: {md_inline(cell_type.ontology_id)} {md_inline(cell_type.label)} "
+            f"(from {md_inline(repr(cell_type.matched))} by {md_inline(cell_type.matched_by)})"
+        )
+    if expectations.genes:
+        rows = [[g.gene, g.direction, g.source, g.why] for g in expectations.genes]
+        lines += ["", "### Genes expected to move", "", md_table(["gene", "expected", "said by", "why"], rows)]
+    if expectations.gene_sets:
+        rows = [[s.name, s.set_id, s.direction, str(s.genes), s.source, s.why] for s in expectations.gene_sets]
+        lines += ["", "### Gene sets expected to move", "", md_table(["set", "id", "expected", "genes", "said by", "why"], rows)]
+    if expectations.claims:
+        rows = [
+            [c.document, str(c.page), c.quote, c.gene or c.set_id or "", c.direction] for c in expectations.claims
+        ]
+        lines += ["", "### Claims in the documents", "", md_table(["document", "page", "claim", "gene or set", "direction"], rows)]
+    if not (expectations.genes or expectations.gene_sets or expectations.claims):
+        lines.append("- no genes, gene sets or claims were expected: target activation and pathway coherence go unassessed")
+    if expectations.notes:
+        lines += ["", "### Notes", "", *[f"- {md_inline(n)}" for n in expectations.notes]]
+    return "\n".join(lines)
+
+
+def _contexts(report: AnalysisReport) -> list[str]:
+    """Treated contexts in the order the summary lists them, then any only the DE table has."""
+    return list(dict.fromkeys([*(g.split_value for g in report.top_genes), *report.volcano_plots]))
+
+
+_DE_COLUMNS = {
+    "direction": "direction", "gene": "gene", "log_fold_change": "LFC", "mean_treated": "mean treated",
+    "mean_reference": "mean reference", "q_value": "q", "fraction_same_direction": "fraction same direction",
+}  # fmt: skip
+
+
+class Section(NamedTuple):
+    """A part of the report; a figure section also names the image it shows, for the HTML to embed."""
+
+    name: str
+    markdown: str
+    figure: tuple[str, str] | None = None  # (uri, alt text)
+    heading: str = ""
+
+
+def _figure_section(name: str, heading: str, alt: str, uri: str, url_for: Callable[[str], str | None]) -> Section:
+    url = url_for(uri)
+    shown = md_image(alt, url) if url else md_inline(uri)
+    return Section(name, f"{heading}\n\n{shown}" if heading else shown, (uri, alt), heading)
+
+
+def _de_sections(report: AnalysisReport, url_for: Callable[[str], str | None]) -> list[Section]:
+    contexts = _contexts(report)
+    if not contexts:
+        return []
+    sections = [Section("de", "\n".join([
+        "## Differential expression",
+        "",
+        "Each treated context's predictions against its reference, on log1p-CPM: LFC is the log fold change, "
+        f"q is Benjamini-Hochberg across the genes tested in the context (significant: q < {DE_Q_THRESHOLD:g}), "
+        "fraction same direction is the share of cells that moved the way the mean did. "
+        "Every gene tested is in the DE table among the outputs.",
+    ]))]  # fmt: skip
+    rows = de_gene_rows(report.top_genes)
+    for index, context in enumerate(contexts, 1):
+        lines = [f"### Context: {md_inline(context)}"]
+        genes = [g for g in report.top_genes if g.split_value == context]
+        if genes and genes[0].reference is not None:
+            lines.append(f"\n- reference: {md_inline(reference_text(genes[0].reference, genes[0].reference_value))}")
+        if genes and genes[0].test:
+            lines.append(f"- test: {md_inline(genes[0].test)}")
+        if genes:
+            lines += ["", _table([r for r in rows if r["context"] == context], _DE_COLUMNS)]
+        sections.append(Section(f"de_context_{index}", "\n".join(lines)))
+        if context in report.volcano_plots:
+            alt = f"volcano plot of {context}"
+            sections.append(_figure_section(f"volcano_{index}", "", alt, report.volcano_plots[context], url_for))
+    return sections
+
+
+_ENRICHMENT_COLUMNS = {
+    "context": "context", "set": "set", "set_id": "id", "direction": "direction", "overlap": "overlap / size",
+    "q_value": "q", "expected": "expected?",
+}  # fmt: skip
+
+
+def _enrichment_sections(report: AnalysisReport, url_for: Callable[[str], str | None]) -> list[Section]:
+    evaluation = report.grounding
+    if evaluation is None:
+        return []
+    lines = [
+        "## Enrichment",
+        "",
+        "Over-representation of each gene set among a context's up or down DE genes, against the background of "
+        "genes both the model and the input have; q is Benjamini-Hochberg across the sets tested for that "
+        "context and direction. Expected sets come first.",
+        "",
+    ]
+    if evaluation.enrichment:
+        lines.append(_table(enrichment_rows(evaluation.enrichment), _ENRICHMENT_COLUMNS))
+        hidden = len(evaluation.enrichment) - len(top_enrichment(evaluation.enrichment))
+        if hidden > 0:
+            lines.append(f"\n{hidden} more rows are in report.json.")
+    else:
+        lines.append("No gene set was tested.")
+    sections = [Section("enrichment", "\n".join(lines))]
+    if "enrichment_plot" in report.outputs:
+        uri = report.outputs["enrichment_plot"]
+        sections.append(_figure_section("enrichment_plot", "", "top gene sets by q", uri, url_for))
+    return sections
+
+
 def _no_url(uri: str) -> str | None:
     return None
 
@@ -132,25 +474,25 @@ def _filter_text(obs_filter: dict[str, list[str]] | None) -> str:
     return "; ".join(f"{column} in {', '.join(values)}" for column, values in obs_filter.items())
 
 
-def report_sections(report: AnalysisReport, url_for: Callable[[str], str | None] = _no_url) -> list[tuple[str, str]]:
-    """The report as ``(name, markdown)`` sections, in reading order; ``url_for`` links outputs.
-
-    Our own markdown shapes the page; everything a user, the data or a model wrote goes through
-    :mod:`tasks.report_text`. An untrained model's warning is the first heading: nothing written by
-    anyone else comes before it or can look like it.
-    """
+def _sections(report: AnalysisReport, url_for: Callable[[str], str | None] = _no_url) -> list[Section]:
     plan, job, findings = report.plan, report.job, report.findings
-    sections: list[tuple[str, str]] = []
+    sections: list[Section] = []
     if not job.model_trained:
-        sections.append(("warning", "\n".join([
+        sections.append(Section("warning", "\n".join([
             "# Untrained model: these results carry no biology",
             "",
             "> **The STACK checkpoint is untrained (randomly initialised).** The predictions and findings "
             "below show that the pipeline works; they say nothing about biology. Set "
             "`STACKFLOWS_MODEL__CHECKPOINT_URI` to a trained checkpoint for real results.",
         ])))  # fmt: skip
-    sections.append(("question", f"# Analysis report\n\n## Question\n\n{md_quote(report.question)}"))
-    sections.append(("plan", "\n".join([
+    sections.append(Section("question", f"# Analysis report\n\n## Question\n\n{md_quote(report.question)}"))
+    if report.grounding is not None:
+        sections.append(Section("score_card", score_card_markdown(report.grounding)))
+    if report.expectations is not None:
+        sections.append(Section("expectations", expectations_markdown(report.expectations)))
+    sections += _de_sections(report, url_for)
+    sections += _enrichment_sections(report, url_for)
+    sections.append(Section("plan", "\n".join([
         "## Plan",
         f"- planned by: {md_inline(plan.planned_by)}",
         f"- contexts: {md_inline(plan.split_column)} = {md_inline(', '.join(plan.split_values))}",
@@ -159,7 +501,7 @@ def report_sections(report: AnalysisReport, url_for: Callable[[str], str | None]
         f"- steps: {plan.num_steps}, seed: {plan.seed}, precision: {plan.precision}",
         f"- why: {md_inline(plan.rationale)}",
     ])))  # fmt: skip
-    sections.append(("job", "\n".join([
+    sections.append(Section("job", "\n".join([
         "## GPU job",
         f"- job id: {md_inline(job.job_id)} on {md_inline(job.device)} ({job.precision})",
         f"- predictions: {job.predictions_shape[0]} cells x {job.predictions_shape[1]} genes",
@@ -168,15 +510,13 @@ def report_sections(report: AnalysisReport, url_for: Callable[[str], str | None]
         f"- model: {job.model_parameters:,} parameters, {'trained' if job.model_trained else 'UNTRAINED'}",
     ])))  # fmt: skip
     findings_md = model_markdown(findings.markdown).strip()
-    sections.append(("findings", f"## Findings ({md_inline(findings.written_by)})\n\n{findings_md}"))
-    caveats = [*findings.caveats, *report.caveats]
+    sections.append(Section("findings", f"## Findings ({md_inline(findings.written_by)})\n\n{findings_md}"))
+    caveats = report_caveats(report)
     if caveats:
-        sections.append(("caveats", "\n".join(["## Caveats", *[f"- {md_inline(c)}" for c in caveats]])))
+        sections.append(Section("caveats", "\n".join(["## Caveats", *[f"- {md_inline(c)}" for c in caveats]])))
     if "plot" in report.outputs:
-        uri = report.outputs["plot"]
-        url = url_for(uri)
-        shown = md_image("query input vs predictions", url) if url else md_inline(uri)
-        sections.append(("plot", f"## Query input vs predictions\n\n{shown}"))
+        heading = "## Query input vs predictions"
+        sections.append(_figure_section("plot", heading, "query input vs predictions", report.outputs["plot"], url_for))
     usage = report.llm_usage
     if usage:
         tokens = sum(u.input_tokens + u.output_tokens for u in usage)
@@ -184,33 +524,51 @@ def report_sections(report: AnalysisReport, url_for: Callable[[str], str | None]
         line = f"- {sum(u.requests for u in usage)} requests, {tokens:,} tokens, ~${cost:.4f}"
     else:
         line = "- no language model was called"
-    sections.append(("cost", f"## Agent cost\n{line}"))
+    sections.append(Section("cost", f"## Agent cost\n{line}"))
     if report.documents:
         lines = [f"- {md_inline(d)}" for d in report.documents]
-        sections.append(("documents", "\n".join(["## Documents read", *lines])))
+        sections.append(Section("documents", "\n".join(["## Documents read", *lines])))
     if report.outputs:
         lines = [f"- {md_inline(name)}: {md_output(uri, url_for(uri))}" for name, uri in report.outputs.items()]
-        sections.append(("outputs", "\n".join(["## Outputs", *lines])))
+        sections.append(Section("outputs", "\n".join(["## Outputs", *lines])))
     return sections
 
 
+def report_sections(report: AnalysisReport, url_for: Callable[[str], str | None] = _no_url) -> list[tuple[str, str]]:
+    """The report as ``(name, markdown)`` sections, in reading order; ``url_for`` links outputs.
+
+    Our own markdown shapes the page; everything a user, the data or a model wrote goes through
+    :mod:`tasks.report_text`. An untrained model's warning is the first heading: nothing written by
+    anyone else comes before it or can look like it. The score card, expectations, DE and
+    enrichment follow the question: they are what the run found, by code.
+    """
+    return [(s.name, s.markdown) for s in _sections(report, url_for)]
+
+
 def render_markdown(report: AnalysisReport, url_for: Callable[[str], str | None] = _no_url) -> str:
-    """The report as a reader wants it: the untrained-model warning first, then question, plan, job, findings."""
+    """The report as a reader wants it: the untrained-model warning first, then question, score card, DE, plan..."""
     return "\n\n".join(markdown for _, markdown in report_sections(report, url_for)) + "\n"
 
 
-def render_html(report: AnalysisReport, plot_png: bytes | None = None) -> str:
-    """A standalone page: every section sanitised, the plot embedded (a data: URI), no script allowed."""
+def render_html(report: AnalysisReport, plot_png: bytes | None = None, images: Mapping[str, bytes] | None = None) -> str:
+    """A standalone page: every section sanitised, the figures embedded (data: URIs), no script allowed.
+
+    ``images``: PNG bytes by the URI the report lists them under; ``plot_png`` is the main plot's.
+    """
+    images = dict(images or {})
+    if plot_png is not None and "plot" in report.outputs:
+        images.setdefault(report.outputs["plot"], plot_png)
     parts = []
-    for name, markdown in report_sections(report):
-        if name == "plot" and plot_png is not None:
-            data = base64.b64encode(plot_png).decode()
+    for section in _sections(report):
+        if section.figure is not None and section.figure[0] in images:
+            uri, alt = section.figure
+            data = base64.b64encode(images[uri]).decode()
+            heading = safe_html(section.heading) if section.heading else ""
             parts.append(
-                "<h2>Query input vs predictions</h2>\n"
-                f'<figure><img src="data:image/png;base64,{data}" alt="query input vs predictions"></figure>'
+                f'{heading}<figure><img src="data:image/png;base64,{data}" alt="{html.escape(plain(alt))}"></figure>'
             )
         else:
-            parts.append(safe_html(markdown))
+            parts.append(safe_html(section.markdown))
     return _HTML_PAGE.format(body="\n".join(parts))
 
 
@@ -243,9 +601,49 @@ def _output_link_artifact(uri: str, text: str, key: str) -> None:
         create_markdown_artifact(f"{md_inline(text)}: {md_inline(uri)}\n\n({md_inline(_NO_LINK)})", key=key)
 
 
+def read_de(uri: str) -> pd.DataFrame:
+    """The job's DE table: the grounding's reader when there is one (it checks the columns), else the stored bytes."""
+    try:
+        from tasks.grounding.de_table import read_de_table
+    except ModuleNotFoundError as error:
+        if error.name != "tasks.grounding.de_table":
+            raise
+        data = store_for(uri).get_bytes(uri)
+        if uri.endswith(".csv.gz"):
+            return pd.read_csv(io.BytesIO(data), compression="gzip")
+        return pd.read_parquet(io.BytesIO(data))
+    return read_de_table(uri)
+
+
+def grounding_figures(report: AnalysisReport, de: pd.DataFrame | None) -> dict[str, tuple[str, str | None, bytes]]:
+    """The grounding's PNGs as ``output name -> (file name, context or None, bytes)``: a volcano per
+    context of the DE table (files numbered: a context's name is the data's text), and the top sets' bar chart."""
+    figures: dict[str, tuple[str, str | None, bytes]] = {}
+    if de is not None and len(de):
+        genes = report.expectations.genes if report.expectations else []
+        up = [g.gene for g in genes if g.direction == "up"]
+        down = [g.gene for g in genes if g.direction == "down"]
+        for index, context in enumerate(dict.fromkeys(de["split_value"].astype(str)), 1):
+            png = volcano_png(de, context, expected_up=up, expected_down=down)
+            figures[f"volcano_{index}"] = (f"volcano_{index}.png", context, png)
+    if report.grounding is not None and report.grounding.enrichment:
+        figures["enrichment_plot"] = ("enrichment_top_sets.png", None, enrichment_bar_png(report.grounding.enrichment))
+    return figures
+
+
+def _escaped(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Table artifact rows: the UI renders every cell as markdown, and cells hold the data's text."""
+    return [{key: md_inline(value) for key, value in row.items()} for row in rows]
+
+
 @task(name="publish-report", cache_policy=INPUTS, persist_result=True)
-def publish_report(report: AnalysisReport, query_uri: str, predictions_uri: str, report_prefix: str) -> AnalysisReport:
-    """Plot, write the report files beside the outputs, and show the report on the run page."""
+def publish_report(
+    report: AnalysisReport, query_uri: str, predictions_uri: str, report_prefix: str, de_uri: str | None = None
+) -> AnalysisReport:
+    """Plot, write the report files beside the outputs, and show the report on the run page.
+
+    ``de_uri``: the job's DE table; with it, a volcano plot per context is drawn and written too.
+    """
     logger = get_run_logger()
     store = store_for(report_prefix)
     # local_input: the file itself when local; remote ones come from the download cache that
@@ -257,15 +655,30 @@ def publish_report(report: AnalysisReport, query_uri: str, predictions_uri: str,
         png = plot_predictions_vs_query(query, predictions, "split_value", Path(tmp) / "predictions_vs_query.png")
         plot_png = png.read_bytes()
     plot_uri = store.put_bytes_once(plot_png, join_uri(report_prefix, "predictions_vs_query.png"))
+    images = {plot_uri: plot_png}
+    outputs = {**report.outputs, "plot": plot_uri}
+    volcanoes = dict(report.volcano_plots)
+    if de_uri is not None:
+        outputs.setdefault("de_table", de_uri)
+    for name, (file_name, context, figure_png) in grounding_figures(report, read_de(de_uri) if de_uri else None).items():
+        uri = store.put_bytes_once(figure_png, join_uri(report_prefix, file_name))
+        images[uri] = figure_png
+        outputs[name] = uri
+        if context is not None:
+            volcanoes[context] = uri
 
     files = {"report_markdown": "report.md", "report_html": "report.html", "report_json": "report.json"}
-    outputs = {**report.outputs, "plot": plot_uri, **{k: join_uri(report_prefix, v) for k, v in files.items()}}
+    outputs.update({k: join_uri(report_prefix, v) for k, v in files.items()})
+    # The caveats the report shows are stored too (report.json carries them), each once.
+    findings_caveats = {" ".join(c.split()).casefold() for c in report.findings.caveats}
+    caveats = [c for c in report_caveats(report) if " ".join(c.split()).casefold() not in findings_caveats]
+    update = {"outputs": outputs, "volcano_plots": volcanoes, "caveats": caveats}
     # No control characters (NUL and the like) in any file or artifact, whoever wrote them.
-    report = AnalysisReport.model_validate(plain_data(report.model_copy(update={"outputs": outputs}).model_dump()))
+    report = AnalysisReport.model_validate(plain_data(report.model_copy(update=update).model_dump()))
 
     # The files name storage URIs (a signed link expires; the report outlives it); the run page links.
     store.put_bytes_once(render_markdown(report).encode(), outputs["report_markdown"])
-    store.put_bytes_once(render_html(report, plot_png).encode(), outputs["report_html"])
+    store.put_bytes_once(render_html(report, images=images).encode(), outputs["report_html"])
     store.put_bytes_once(report.model_dump_json(indent=2).encode(), outputs["report_json"])
 
     title = "Analysis report" + ("" if report.job.model_trained else " (UNTRAINED model)")
@@ -280,6 +693,14 @@ def publish_report(report: AnalysisReport, query_uri: str, predictions_uri: str,
         key="top-genes",
         description="Top genes per context",
     )
+    if report.grounding is not None:
+        create_table_artifact(_escaped(score_card_rows(report.grounding)), key="score-card", description="Score card (0-10)")
+        if report.grounding.enrichment:
+            rows = _escaped(enrichment_rows(report.grounding.enrichment))
+            create_table_artifact(rows, key="enrichment", description="Top gene sets")
+    if report.top_genes:
+        rows = _escaped(de_gene_rows(report.top_genes))
+        create_table_artifact(rows, key="de-genes", description="Top DE genes per context, against its reference")
     _output_link_artifact(plot_uri, "query input vs predictions (PNG)", "prediction-plot")
     _output_link_artifact(outputs["report_html"], "the report (HTML)", "report-html")
     logger.info("Report written to %s", outputs["report_markdown"])

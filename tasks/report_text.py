@@ -161,3 +161,13 @@ def safe_html(markdown_text: str) -> str:
         link_rel="noopener noreferrer nofollow",
         strip_comments=True,
     )
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    """A GFM table of text cells, each escaped with ``md_inline`` (a ``|`` in a cell stays in the cell)."""
+    lines = [
+        "| " + " | ".join(md_inline(h) for h in header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+    ]
+    lines.extend("| " + " | ".join(md_inline(cell) for cell in row) + " |" for row in rows)
+    return "\n".join(lines)

@@ -34,6 +34,8 @@ OUR_HEADINGS = [
     "Untrained model: these results carry no biology",
     "Analysis report",
     "Question",
+    "Differential expression",  # the top genes the summary carries, even without a grounding
+    f"Context: {HOSTILE_VALUE}",
     "Plan",
     "GPU job",
     "Findings (model claude-test)",

@@ -1,0 +1,95 @@
+"""The grounding's figures: a volcano plot per treated context and a bar chart of the top gene sets.
+
+Both are drawn from the figures a reviewer can recompute (the job's ``de.parquet`` and the
+evaluation's enrichment rows), never from anything a model said. Each returns PNG bytes, so the
+report can store them beside itself and embed the same bytes in its HTML.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: workers and CI have no display
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from inference.contract import DE_Q_THRESHOLD
+from tasks.grounding.models import EnrichmentRow
+from tasks.report_text import plain
+
+# -log10 of a q of 0 is infinite; a q this small is drawn at the plot's top instead.
+_SMALLEST_Q = 1e-300
+_UP, _DOWN, _OTHER = "#c0392b", "#2c7fb8", "#b0b0b0"
+
+
+def neg_log10(values: Iterable[float]) -> np.ndarray:
+    """-log10 of q-values, a q of 0 drawn as the smallest positive one (never infinite)."""
+    return -np.log10(np.clip(np.asarray(list(values), dtype=float), _SMALLEST_Q, 1.0))
+
+
+def plain_label(text: str, limit: int = 60) -> str:
+    """Data text as matplotlib shows it literally: ``$`` would start mathtext (and a bad formula raises)."""
+    text = " ".join(plain(str(text)).split())
+    return (text[: limit - 1] + "…" if len(text) > limit else text).replace("$", r"\$")
+
+
+def _png(fig: plt.Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def volcano_png(
+    de: pd.DataFrame,
+    split_value: str,
+    *,
+    expected_up: Sequence[str] = (),
+    expected_down: Sequence[str] = (),
+    q_threshold: float = DE_Q_THRESHOLD,
+) -> bytes:
+    """One context's volcano: x = log fold change, y = -log10 q, the q threshold as a line,
+    genes the expectations name ringed and labelled (triangle up / down for the direction expected)."""
+    rows = de[de["split_value"].astype(str) == split_value]
+    lfc = rows["log_fold_change"].to_numpy(dtype=float)
+    y = neg_log10(rows["q_value"])
+    significant = rows["q_value"].to_numpy(dtype=float) < q_threshold
+    colour = np.where(significant & (lfc > 0), _UP, np.where(significant & (lfc < 0), _DOWN, _OTHER))
+    fig, ax = plt.subplots(figsize=(5.2, 4.4))
+    ax.scatter(lfc, y, s=6, c=colour, alpha=0.7, linewidths=0)
+    ax.axhline(-np.log10(q_threshold), color="black", linewidth=0.8, linestyle="--", label=f"q = {q_threshold:g}")
+    ax.axvline(0, color="grey", linewidth=0.5)
+    genes = rows["gene"].astype(str).to_numpy()
+    for expected, marker, label in ((expected_up, "^", "expected up"), (expected_down, "v", "expected down")):
+        mark = np.isin(genes, list(expected))
+        if mark.any():
+            ax.scatter(lfc[mark], y[mark], s=40, marker=marker, facecolors="none", edgecolors="black", label=label)
+            for gene, gx, gy in zip(genes[mark], lfc[mark], y[mark]):
+                ax.annotate(plain_label(gene, 20), (gx, gy), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_title(f"context: {plain_label(split_value)}", fontsize=9)
+    ax.set_xlabel("log fold change (log1p CPM)")
+    ax.set_ylabel("-log10 q (BH)")
+    ax.legend(fontsize=7, loc="upper left")
+    return _png(fig)
+
+
+def enrichment_bar_png(rows: Sequence[EnrichmentRow], *, top: int = 15, q_threshold: float = DE_Q_THRESHOLD) -> bytes:
+    """The ``top`` sets by q as horizontal bars of -log10 q, coloured by direction; an expected set
+    is starred, and the q threshold is a line."""
+    best = sorted(rows, key=lambda r: (r.q_value, -r.overlap))[:top][::-1]  # best at the top of the chart
+    fig, ax = plt.subplots(figsize=(7.0, 0.32 * max(len(best), 3) + 1.2))
+    labels = [
+        f"{'* ' if r.expected else ''}{plain_label(r.name, 50)} ({plain_label(r.split_value, 20)}, {r.direction})"
+        for r in best
+    ]
+    ax.barh(range(len(best)), neg_log10(r.q_value for r in best), color=[_UP if r.direction == "up" else _DOWN for r in best])
+    ax.set_yticks(range(len(best)), labels, fontsize=7)
+    ax.axvline(-np.log10(q_threshold), color="black", linewidth=0.8, linestyle="--")
+    ax.set_xlabel("-log10 q (BH across sets)   * expected set")
+    ax.set_title("top gene sets", fontsize=9)
+    return _png(fig)
