@@ -23,6 +23,12 @@ SUMMARY_FILE = "summary.json"
 MANIFEST_FILE = "manifest.json"
 PROGRESS_FILE = "progress.json"
 DE_FILE = "de.parquet"  # per treated context and gene, against its reference (inference.de)
+# The columns of DE_FILE, one row per treated context and gene (see GeneChange for their meaning;
+# statistic is the test's own, reference is a Reference, test names the test).
+DE_COLUMNS = [
+    "split_value", "gene", "mean_treated", "mean_reference", "log_fold_change", "statistic", "p_value",
+    "q_value", "fraction_same_direction", "reference", "test",
+]
 
 # A DE gene is "significant" in summaries and scores below this Benjamini-Hochberg q.
 DE_Q_THRESHOLD = 0.05
@@ -97,6 +103,9 @@ class StackJobSpec(BaseModel):
         default=False,
         description="Hold the prompt's real cells of query_cell_type under each treated context out of the prompt, "
         "and score the prediction of those contexts against them (cell-eval).",
+    )
+    marker_genes: int = Field(
+        default=20, ge=1, le=500, description="How many of the query type's own markers identity keeps."
     )
     num_steps: int = Field(default=10, ge=1, le=MAX_STEPS)
     seed: int = Field(default=0, ge=0, le=MAX_SEED)

@@ -4,9 +4,12 @@ One run reads its inputs from storage URIs, checks them, runs STACK (in-context 
 embeddings) and writes under ``output_prefix``::
 
     progress.json     rewritten as chunks finish (see inference.progress)
-    predictions.h5ad  generate: query cells x model genes per context, obs carried over + split_value
+    predictions.h5ad  generate: query cells x model genes per context (the treated ones, then the
+                      control when the spec names one), obs carried over + query_cell, split_value
                       embed:    query cells x embedding dimensions (also in obsm["X_stack"])
-    summary.json      PredictionSummary, for the agent
+    de.parquet        generate: DE per treated context against its reference (inference.de)
+    summary.json      PredictionSummary, for the agent and the grounding: DE in brief, the query
+                      type's markers (inference.markers), the backtest (inference.backtest)
     manifest.json     JobManifest, written last: its presence means the outputs are complete
 
 Exit status: 0 done, 2 bad input or an output prefix already in use (nothing computed), 1 any other
@@ -36,7 +39,11 @@ import torch
 from clients.storage import ObjectNotFoundError, local_path_of, scheme_of, store_for
 from inference import checkpoint as ckpt_mod
 from inference import precision as precision_mod
+from inference import backtest as backtest_mod
+from inference import de as de_mod
 from inference.contract import (
+    DE_COLUMNS,
+    DE_FILE,
     MANIFEST_FILE,
     PREDICTIONS_FILE,
     SUMMARY_FILE,
@@ -57,8 +64,9 @@ from inference.data import (
 from inference.embedding import chunk_cells, embed_cells
 from inference.generation import chunks_in_step, generate_split, plan_steps
 from inference.gene_list import GeneListError, read_gene_list
+from inference.markers import identity_markers
 from inference.progress import ProgressWriter
-from inference.summary import mean_log_cpm, summarize_generation
+from inference.summary import split_summary
 
 log = logging.getLogger("inference.stack_job")
 
@@ -135,6 +143,7 @@ class StackJob:
         self.progress = ProgressWriter(spec)
         self.timings: dict[str, float] = {}
         self.started = datetime.now(UTC)
+        self.held_out: dict[str, CountMatrix] = {}  # backtest: real cells of the query type per treated context
 
     def _timed(self, key: str, start: float) -> None:
         self.timings[key] = round(time.perf_counter() - start, 3)
@@ -165,9 +174,21 @@ class StackJob:
             prompt_adata = apply_obs_filter(read_h5ad(str(prompt_path), name=name), spec.prompt_obs_filter, name=name)
             splits = select_split_values(prompt_adata.obs, spec.split_column, spec.split_values, name=name)
             column = obs_strings(prompt_adata.obs[spec.split_column])
+            check_control(spec, column, splits, name=name)
+            check_cell_types(spec, query_adata.obs, prompt_adata.obs, name=name)
             options = count_options(spec, "prompt")
-            for value in splits:
-                prompts[value] = align_counts(prompt_adata[(column == value).to_numpy()], genes, name=name, **options)
+            held = held_out_mask(spec, prompt_adata.obs, column)
+            for value in spec.contexts(splits):
+                in_context = (column == value).to_numpy()
+                shown = in_context & ~held
+                if not shown.any():
+                    raise InputError(
+                        f"{name}: context {value!r} has no prompt cells left once its {spec.query_cell_type!r} "
+                        f"cells are held out for the backtest; set backtest=false or add other cells"
+                    )
+                prompts[value] = align_counts(prompt_adata[shown], genes, name=name, **options)
+                if (in_context & held).any():
+                    self.held_out[value] = align_counts(prompt_adata[in_context & held], genes, name=name, **options)
         device = resolve_device(spec.device)
         self._timed("read_inputs_s", t0)
 
@@ -180,18 +201,22 @@ class StackJob:
         self._timed("load_model_s", t1)
 
         t2 = time.perf_counter()
+        de = None
         if spec.mode == "generate":
-            predictions, summary = self._generate(model, query_adata, query, prompts, genes, info.trained, device)
+            predictions, arms = self._generate(model, query_adata, query, prompts, genes, info.trained, device)
         else:
             predictions, summary = self._embed(model, query_adata, query, genes, gene_path, info.trained)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         self._timed("compute_s", t2)
         peak = peak_memory_mb(device)
+        if spec.mode == "generate":
+            del model
+            summary, de = self._ground(arms, query, prompts, genes, info.trained)
 
         t3 = time.perf_counter()
         self.progress.update("writing", message="writing outputs", force=True)
-        outputs = self._write_outputs(predictions, summary)
+        outputs = self._write_outputs(predictions, summary, de)
         self._timed("write_s", t3)
         self.timings["total_s"] = round(time.perf_counter() - t0, 3)
         manifest = JobManifest(
@@ -231,7 +256,6 @@ class StackJob:
         gene_input_mask = None if upper.all() else torch.from_numpy(upper.astype(np.float32)).to(device)
         query_dev = torch.from_numpy(query.counts).to(device)
         results: dict[str, sp.csr_matrix] = {}
-        predicted_means: dict[str, np.ndarray] = {}
         logits: dict[str, np.ndarray] = {}
         chunks_done = 0
         for k, (value, prompt) in enumerate(prompts.items()):
@@ -252,14 +276,11 @@ class StackJob:
                 chunk_size=spec.chunk_size, precision=spec.precision,
                 gene_input_mask=gene_input_mask, on_chunk=on_chunk,
             )
-            predicted_means[value] = mean_log_cpm(counts)
             results[value] = to_scipy_csr(counts)
             logits[value] = logit
             del counts
             log.info("context %r done (%d/%d)", value, k + 1, len(prompts))
-        summary = summarize_generation(
-            predicted_means, query_dev, genes, query.genes_present, model_trained=trained
-        )
+        del query_dev
         # One CSR stack and one obs frame: ad.concat would copy every block again.
         obs_parts = []
         for value in results:
@@ -277,7 +298,75 @@ class StackJob:
         predictions.uns["stack_job"] = {"mode": "generate", "model_trained": trained, "seed": spec.seed,
                                         "num_steps": spec.num_steps, "precision": spec.precision,
                                         **query_reading(query, spec)}
-        return predictions, summary
+        return predictions, results
+
+    def _ground(
+        self, arms: dict[str, sp.csr_matrix], query: CountMatrix, prompts: dict[str, CountMatrix],
+        genes: list[str], trained: bool,
+    ) -> tuple[PredictionSummary, pd.DataFrame]:
+        """DE per treated context, the query type's markers and the backtest; each timed on its own."""
+        spec = self.spec
+        control = spec.control_value
+        shared = np.flatnonzero(query.genes_present)  # the background: genes the model and the query input have
+        tested = [genes[i] for i in shared]
+        ids = [str(c) for c in query.obs.index]  # the query_cell of every arm's rows, in order
+        treated = [v for v in arms if v != control]
+        query_shared = sp.csr_matrix(query.counts[:, shared])
+
+        t = time.perf_counter()
+        self.progress.update("writing", message=f"differential expression of {len(treated)} context(s)", force=True)
+        frames, splits = [], []
+        for value in treated:
+            if control is not None:
+                frame = de_mod.paired_de(
+                    arms[value][:, shared], arms[control][:, shared], tested, split_value=value,
+                    reference_value=control, query_cells_treated=ids, query_cells_control=ids,
+                )
+            else:
+                frame = de_mod.unpaired_de(arms[value][:, shared], query_shared, tested, split_value=value)
+            frames.append(frame)
+            splits.append(split_summary(frame, cells=query.n_cells, reference_value=control))
+        de = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=DE_COLUMNS)
+        self._timed("de_s", t)
+
+        identity = backtest = None
+        if spec.query_cell_type is not None:
+            t = time.perf_counter()
+            identity = self._markers(query, prompts, genes)
+            self._timed("markers_s", t)
+        if spec.backtest:
+            t = time.perf_counter()
+            self.progress.update("writing", message="backtest against held-out real cells (cell-eval)", force=True)
+            kept = shared[np.all([m.genes_present[shared] for m in self.held_out.values()], axis=0)] if self.held_out else shared
+            backtest = backtest_mod.score_backtest(
+                real_control=query.counts[:, kept],
+                held_out={v: m.counts[:, kept] for v, m in self.held_out.items()},
+                pred_control=arms[control][:, kept] if control is not None else query.counts[:, kept],
+                predicted={v: arms[v][:, kept] for v in treated},
+                genes=[genes[i] for i in kept], cell_type_column=spec.cell_type_column,
+                cell_type=spec.query_cell_type, control_label=control, workdir=self.workdir,
+            )
+            self._timed("backtest_s", t)
+        summary = PredictionSummary(
+            mode="generate", model_trained=trained, query_cells=query.n_cells, genes=len(genes),
+            control_value=control, splits=splits, identity=identity, backtest=backtest,
+        )
+        return summary, de
+
+    def _markers(self, query: CountMatrix, prompts: dict[str, CountMatrix], genes: list[str]):
+        """Identity markers from the input cells (query and every prompt cell read, held-out ones too)."""
+        spec = self.spec
+        parts = [query, *prompts.values(), *self.held_out.values()]
+        shared = np.flatnonzero(np.all([m.genes_present for m in parts], axis=0))
+        if shared.size == 0:
+            log.info("identity markers not computed: the query and prompt inputs share no model gene")
+            return None
+        counts = sp.vstack([sp.csr_matrix(m.counts[:, shared]) for m in parts], format="csr")
+        types = [t for m in parts for t in cell_type_values(m.obs, spec.cell_type_column)]
+        return identity_markers(
+            counts, types, [genes[i] for i in shared], cell_type_column=spec.cell_type_column,
+            cell_type=spec.query_cell_type, n_genes=spec.marker_genes,
+        )
 
     def _embed(self, model, query_adata, query, genes, gene_path, trained):
         spec = self.spec
@@ -298,18 +387,74 @@ class StackJob:
         summary = PredictionSummary(mode="embed", model_trained=trained, query_cells=query.n_cells, genes=len(genes))
         return predictions, summary
 
-    def _write_outputs(self, predictions: ad.AnnData, summary: PredictionSummary) -> dict[str, str]:
+    def _write_outputs(
+        self, predictions: ad.AnnData, summary: PredictionSummary, de: pd.DataFrame | None
+    ) -> dict[str, str]:
         spec = self.spec
         store = store_for(spec.output_prefix)
         local = self.workdir / PREDICTIONS_FILE
         predictions.write_h5ad(local, compression="gzip")
-        written = {
-            PREDICTIONS_FILE: store.put_file(local, spec.output_uri(PREDICTIONS_FILE)).sha256,
-            SUMMARY_FILE: store.put_bytes(
-                summary.model_dump_json(indent=2).encode(), spec.output_uri(SUMMARY_FILE)
-            ).sha256,
-        }
+        written = {PREDICTIONS_FILE: store.put_file(local, spec.output_uri(PREDICTIONS_FILE)).sha256}
+        if de is not None:
+            de_local = self.workdir / DE_FILE
+            de.to_parquet(de_local, engine="pyarrow", index=False)
+            written[DE_FILE] = store.put_file(de_local, spec.output_uri(DE_FILE)).sha256
+        written[SUMMARY_FILE] = store.put_bytes(
+            summary.model_dump_json(indent=2).encode(), spec.output_uri(SUMMARY_FILE)
+        ).sha256
         return written
+
+
+def check_control(spec: StackJobSpec, column: pd.Series, splits: list[str], *, name: str) -> None:
+    """The control context must be in the (filtered) prompt data, and leave a treated context to compare."""
+    if spec.control_value is None:
+        return
+    present = sorted(column.dropna().unique())
+    if not (column == spec.control_value).any():
+        raise InputError(
+            f"{name}: control_value {spec.control_value!r} is not a value of obs[{spec.split_column!r}] in the "
+            f"prompt cells (present: {present[:20]}); set control_value to one of them, or unset it to compare "
+            "against the query input"
+        )
+    if not [v for v in splits if v != spec.control_value]:
+        raise InputError(
+            f"{name}: control_value {spec.control_value!r} is the only context; add treated contexts to "
+            f"split_values (present: {present[:20]})"
+        )
+
+
+def check_cell_types(spec: StackJobSpec, query_obs: pd.DataFrame, prompt_obs: pd.DataFrame, *, name: str) -> None:
+    """cell_type_column must be in the prompt (the other types, the held-out cells); the type somewhere."""
+    if spec.cell_type_column is None:
+        return
+    column = spec.cell_type_column
+    if column not in prompt_obs.columns:
+        raise InputError(
+            f"{name}: cell_type_column {column!r} is not in obs (columns: {list(prompt_obs.columns)[:20]}); "
+            "name the obs column holding cell types, or unset it"
+        )
+    values = set(cell_type_values(prompt_obs, column)) | set(cell_type_values(query_obs, column))
+    if spec.query_cell_type not in values:
+        raise InputError(
+            f"{name}: query_cell_type {spec.query_cell_type!r} is not a value of obs[{column!r}] in the query or "
+            f"prompt cells (present: {sorted(v for v in values if v is not None)[:20]}); fix query_cell_type"
+        )
+
+
+def cell_type_values(obs: pd.DataFrame, column: str | None) -> list[str | None]:
+    """Each cell's type as a string (None where missing or where the file has no such column)."""
+    if column is None or column not in obs.columns:
+        return [None] * len(obs)
+    return list(obs_strings(obs[column]))
+
+
+def held_out_mask(spec: StackJobSpec, prompt_obs: pd.DataFrame, column: pd.Series) -> np.ndarray:
+    """Backtest: the prompt's real cells of the query type under a treated context (hidden from the model)."""
+    if not spec.backtest:
+        return np.zeros(len(prompt_obs), dtype=bool)
+    of_type = np.array([t == spec.query_cell_type for t in cell_type_values(prompt_obs, spec.cell_type_column)])
+    treated = column.notna().to_numpy() & (column != spec.control_value).to_numpy()
+    return of_type & treated
 
 
 def query_reading(query: CountMatrix, spec: StackJobSpec) -> dict[str, str]:

@@ -1,64 +1,53 @@
-"""What the agent reads about a run: per context, how the predictions differ from the query input.
+"""What the agent and the grounding read about a run: per treated context, its DE in brief.
 
-Both sides are compared as the per-gene mean of log1p(CPM), so library size differences between
-generated and observed cells do not show up as gene changes. Only genes the query input has are
-ranked: a model gene missing from the input is zero there and would always look "up".
+Everything here is read off the DE table (inference.de, one row per context and gene): counts of
+significant genes (q < DE_Q_THRESHOLD), the mean |LFC| and the top genes each way.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import torch
+import pandas as pd
 
-from inference.contract import PredictionSummary, SplitSummary
+from inference.contract import DE_Q_THRESHOLD, GeneChange, Reference, SplitSummary
 
 TOP_GENES = 10
 
 
-def mean_log_cpm(counts: torch.Tensor) -> np.ndarray:
-    """Per-gene mean of log1p(counts per million), cells in rows; computed where the tensor lives."""
-    counts = counts.float()
-    lib = counts.sum(dim=1, keepdim=True, dtype=torch.float64).clamp(min=1.0).float()
-    return torch.log1p(counts / lib * 1e6).mean(dim=0, dtype=torch.float64).cpu().numpy()
-
-
-def split_summary(
-    split_value: str,
-    cells: int,
-    predicted_mean: np.ndarray,
-    query_mean: np.ndarray,
-    genes: list[str],
-    genes_present: np.ndarray,
-) -> SplitSummary:
-    diff = predicted_mean - query_mean
-    ranked = np.nonzero(genes_present)[0]
-    order = ranked[np.argsort(diff[ranked])]
-    return SplitSummary(
-        split_value=split_value,
-        cells=int(cells),
-        mean_shift=float(np.abs(diff[ranked]).mean()),
-        top_up=[(genes[i], round(float(diff[i]), 4)) for i in order[::-1][:TOP_GENES] if diff[i] > 0],
-        top_down=[(genes[i], round(float(diff[i]), 4)) for i in order[:TOP_GENES] if diff[i] < 0],
+def _gene_change(row) -> GeneChange:
+    return GeneChange(
+        gene=str(row.gene), mean_treated=float(row.mean_treated), mean_reference=float(row.mean_reference),
+        log_fold_change=float(row.log_fold_change), p_value=float(row.p_value), q_value=float(row.q_value),
+        fraction_same_direction=float(row.fraction_same_direction),
     )
 
 
-def summarize_generation(
-    predicted_means: dict[str, np.ndarray],
-    query_counts: torch.Tensor,
-    genes: list[str],
-    genes_present: np.ndarray,
-    *,
-    model_trained: bool,
-) -> PredictionSummary:
-    """``predicted_means``: per context, :func:`mean_log_cpm` of its predictions (one row per query cell)."""
-    query_mean = mean_log_cpm(query_counts)
-    n_query = int(query_counts.shape[0])
-    return PredictionSummary(
-        mode="generate",
-        model_trained=model_trained,
-        query_cells=n_query,
-        genes=len(genes),
-        splits=[
-            split_summary(v, n_query, mean, query_mean, genes, genes_present) for v, mean in predicted_means.items()
-        ],
+def top_genes(de: pd.DataFrame, direction: int, n: int = TOP_GENES) -> list[GeneChange]:
+    """Genes moving ``direction`` (+1 up, -1 down): significant ones first by q then |LFC|, then
+    the largest effects (their q says they are not significant), so a null run still shows its top."""
+    side = de[np.sign(de["log_fold_change"]) == direction].assign(_abs=lambda f: -f["log_fold_change"].abs())
+    significant = side["q_value"] < DE_Q_THRESHOLD
+    rest = side[~significant].sort_values(["_abs", "q_value", "gene"])
+    significant = side[significant].sort_values(["q_value", "_abs", "gene"])
+    return [_gene_change(r) for r in pd.concat([significant, rest]).head(n).itertuples()]
+
+
+def split_summary(de: pd.DataFrame, *, cells: int, reference_value: str | None = None) -> SplitSummary:
+    """One treated context's summary from its rows of the DE table."""
+    if de["split_value"].nunique() != 1:
+        raise ValueError("split_summary reads the rows of one context")
+    significant = de["q_value"] < DE_Q_THRESHOLD
+    reference: Reference = de["reference"].iloc[0]
+    return SplitSummary(
+        split_value=str(de["split_value"].iloc[0]),
+        cells=int(cells),
+        reference=reference,
+        reference_value=reference_value,
+        test=str(de["test"].iloc[0]),
+        genes_tested=len(de),
+        significant_up=int((significant & (de["log_fold_change"] > 0)).sum()),
+        significant_down=int((significant & (de["log_fold_change"] < 0)).sum()),
+        mean_shift=float(de["log_fold_change"].abs().mean()) if len(de) else 0.0,
+        top_up=top_genes(de, +1),
+        top_down=top_genes(de, -1),
     )
