@@ -119,6 +119,7 @@ class GroundingEvaluation(BaseModel):
     )
     weights: dict[str, float]
     formula_version: str = FORMULA_VERSION
+    formula: str = Field(default="", description="How the composite is computed from the components, in words.")
     pack_version: str
     reference: str = Field(description="What the DE compared against: a synthetic control, or the query input.")
     enrichment: list[EnrichmentRow] = Field(default_factory=list)

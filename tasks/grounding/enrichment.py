@@ -1,0 +1,149 @@
+"""Over-representation of the pack's gene sets among each treated context's up and down DE genes.
+
+The universe is the DE background (the genes the model and the input both have, i.e. the genes
+tested), never the genome: a set's genes the model never saw can be neither DE nor not DE. Sets are
+cut to the background and tested if they keep ``min_set_size``..``max_set_size`` genes there (a set
+named in the expectations or a claim is tested at any size from ``min_set_size``). BH runs across
+the sets of one context and direction.
+
+decoupler's ORA (``dc.mt.ora``) does the test: its feature-specific background (``n_bg=None``) is
+the columns of the matrix, so a matrix over the background genes makes the background the universe.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+
+import decoupler as dc
+import numpy as np
+import pandas as pd
+from scipy.stats import false_discovery_control
+
+from clients.grounding_settings import GroundingSettings
+from inference.contract import DE_Q_THRESHOLD
+from tasks.grounding.models import Direction, EnrichmentRow
+from tasks.grounding.pack import KnowledgePack
+
+DIRECTIONS: tuple[Direction, Direction] = ("up", "down")
+ROW_GENES = 20  # overlapping genes an EnrichmentRow lists
+
+
+def de_genes(context: pd.DataFrame, direction: Direction, top_n: int, q_threshold: float = DE_Q_THRESHOLD) -> list[str]:
+    """One context's DE genes in ``direction``: q below the threshold, most significant first, at most ``top_n``."""
+    sign = 1.0 if direction == "up" else -1.0
+    hits = context[(context["q_value"] < q_threshold) & (sign * context["log_fold_change"] > 0)]
+    hits = hits.assign(_effect=-hits["log_fold_change"].abs()).sort_values(["q_value", "p_value", "_effect", "gene"])
+    return hits["gene"].head(top_n).tolist()
+
+
+def enrichment(
+    de: pd.DataFrame,
+    pack: KnowledgePack,
+    settings: GroundingSettings,
+    *,
+    expected: Mapping[str, Direction] | None = None,
+    always_test: Iterable[str] = (),
+) -> list[EnrichmentRow]:
+    """Every tested (context, direction, set), most significant first within each context and direction.
+
+    ``expected`` (set id -> direction) marks the expectations' sets on their rows; ``always_test`` are set
+    ids tested whatever their size (at least ``min_set_size`` genes in the background).
+    """
+    expected = dict(expected or {})
+    forced = set(always_test) | set(expected)
+    rows: list[EnrichmentRow] = []
+    for split_value, context in de.groupby("split_value", sort=False):
+        background = context["gene"].astype(str).tolist()
+        sets = background_sets(background, pack, settings, forced)
+        if not sets:
+            continue
+        for direction in DIRECTIONS:
+            hits = de_genes(context, direction, settings.top_de_genes)
+            if hits:
+                rows.extend(_ora_rows(str(split_value), direction, hits, background, sets, pack, expected))
+    return rows
+
+
+def background_sets(
+    background: Sequence[str], pack: KnowledgePack, settings: GroundingSettings, forced: Iterable[str] = ()
+) -> dict[str, list[str]]:
+    """set id -> the set's genes in the background (as the DE table spells them), for the sets to test."""
+    by_symbol = {gene.upper(): gene for gene in background}
+    forced = set(forced)
+    sets: dict[str, list[str]] = {}
+    for set_id, gene_set in pack.gene_sets.items():
+        members = sorted(by_symbol[g] for g in gene_set.genes if g.upper() in by_symbol)
+        size_ok = settings.min_set_size <= len(members) <= settings.max_set_size
+        if size_ok or (set_id in forced and len(members) >= settings.min_set_size):
+            sets[set_id] = members
+    return sets
+
+
+def is_enriched(row: EnrichmentRow, q_threshold: float = DE_Q_THRESHOLD) -> bool:
+    """Significant and over-represented: decoupler's Fisher test is two-sided, so a depleted set is not enriched."""
+    return row.q_value < q_threshold and row.overlap > row.de_genes * row.set_size / row.background
+
+
+def _ora_rows(
+    split_value: str,
+    direction: Direction,
+    hits: list[str],
+    background: list[str],
+    sets: dict[str, list[str]],
+    pack: KnowledgePack,
+    expected: Mapping[str, Direction],
+) -> list[EnrichmentRow]:
+    features = np.asarray(background, dtype="U")
+    net = pd.DataFrame(
+        [(set_id, gene) for set_id, members in sets.items() for gene in members], columns=["source", "target"]
+    )
+    net = dc.pp.prune(features=features, net=net, tmin=1)
+    sources, cnct, starts, offsets = dc.pp.idxmat(features=features, net=net)
+    selected = np.isin(features, hits).astype(float)[None, :]
+    # dc.mt.ora takes one n_up for all rows and returns only BH-adjusted p-values, so its method
+    # function runs per row. In decoupler 2.2 it observes the features ranked above n_up: with a
+    # 0/1 row, n_up = background - DE genes observes exactly the DE genes. n_bg=None: the universe
+    # is the matrix's features, the background.
+    log_odds, p_values = dc.mt.ora.func(
+        selected, cnct, starts, offsets, n_up=len(features) - len(hits), n_bm=0, n_bg=None
+    )
+    log_odds, p_values = log_odds[0], np.clip(p_values[0], 0.0, 1.0)
+    q_values = false_discovery_control(p_values, method="bh")
+    rank = {gene: i for i, gene in enumerate(hits)}
+    rows = []
+    for j, set_id in enumerate(sources):
+        members = sets[str(set_id)]
+        overlap = sorted((g for g in members if g in rank), key=rank.__getitem__)
+        _check_table(log_odds[j], len(overlap), len(members), len(hits), len(features), str(set_id))
+        rows.append(
+            EnrichmentRow(
+                split_value=split_value,
+                direction=direction,
+                set_id=str(set_id),
+                name=pack.gene_sets[str(set_id)].name,
+                set_size=len(members),
+                overlap=len(overlap),
+                de_genes=len(hits),
+                background=len(features),
+                odds_ratio=float(math.exp(log_odds[j])),
+                p_value=float(p_values[j]),
+                q_value=float(q_values[j]),
+                expected=expected.get(str(set_id)),
+                genes=overlap[:ROW_GENES],
+            )
+        )
+    rows.sort(key=lambda row: (row.p_value, -row.overlap, row.set_id))
+    return rows
+
+
+def _check_table(log_odds: float, a: int, set_size: int, n_hits: int, n_background: int, set_id: str) -> None:
+    """decoupler's odds ratio must be the one of our own 2x2 table, or it observed other genes than the DE ones."""
+    b, c = n_hits - a, set_size - a
+    d = n_background - a - b - c
+    ours = math.log(((a + 0.5) * (d + 0.5)) / ((b + 0.5) * (c + 0.5)))  # Haldane-Anscombe, as decoupler
+    if not math.isclose(ours, float(log_odds), rel_tol=1e-6, abs_tol=1e-9):
+        raise RuntimeError(
+            f"decoupler's ORA for {set_id} tested another table than the DE genes' (log odds {log_odds} vs {ours}): "
+            f"its n_up meaning changed in decoupler {dc.__version__}; pin decoupler 2.2 or update enrichment.py"
+        )
