@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -33,6 +32,7 @@ from clients.output_links import output_url
 from clients.storage import join_uri, store_for
 from inference.contract import DE_Q_THRESHOLD, JobManifest, PredictionSummary, Reference
 from tasks.agent.plan import AgentUsage, Findings, RunPlan
+from tasks.grounding.de_table import read_de_table
 from tasks.grounding.models import ComponentName, EnrichmentRow, Expectations, GroundingEvaluation
 from tasks.grounding.plots import enrichment_bar_png, volcano_png
 from tasks.prediction_plot import plot_predictions_vs_query
@@ -127,7 +127,8 @@ class AnalysisReport(BaseModel):
 
     @property
     def llm_usage(self) -> list[AgentUsage]:
-        return [u for u in (self.plan.usage, self.findings.usage) if u is not None]
+        expectations = self.expectations.usage if self.expectations is not None else None
+        return [u for u in (expectations, self.plan.usage, self.findings.usage) if u is not None]
 
 
 def document_line(document: DocumentText) -> str:
@@ -399,7 +400,7 @@ class Section(NamedTuple):
 
 def _figure_section(name: str, heading: str, alt: str, uri: str, url_for: Callable[[str], str | None]) -> Section:
     url = url_for(uri)
-    shown = md_image(alt, url) if url else md_inline(uri)
+    shown = md_image(alt, url) if url else f"{md_inline(alt)}: {md_inline(uri)}"
     return Section(name, f"{heading}\n\n{shown}" if heading else shown, (uri, alt), heading)
 
 
@@ -411,7 +412,7 @@ def _de_sections(report: AnalysisReport, url_for: Callable[[str], str | None]) -
         "## Differential expression",
         "",
         "Each treated context's predictions against its reference, on log1p-CPM: LFC is the log fold change, "
-        f"q is Benjamini-Hochberg across the genes tested in the context (significant: q < {DE_Q_THRESHOLD:g}), "
+        f"q is Benjamini-Hochberg across the genes tested in the context (significant: q below {DE_Q_THRESHOLD:g}), "
         "fraction same direction is the share of cells that moved the way the mean did. "
         "Every gene tested is in the DE table among the outputs.",
     ]))]  # fmt: skip
@@ -601,20 +602,6 @@ def _output_link_artifact(uri: str, text: str, key: str) -> None:
         create_markdown_artifact(f"{md_inline(text)}: {md_inline(uri)}\n\n({md_inline(_NO_LINK)})", key=key)
 
 
-def read_de(uri: str) -> pd.DataFrame:
-    """The job's DE table: the grounding's reader when there is one (it checks the columns), else the stored bytes."""
-    try:
-        from tasks.grounding.de_table import read_de_table
-    except ModuleNotFoundError as error:
-        if error.name != "tasks.grounding.de_table":
-            raise
-        data = store_for(uri).get_bytes(uri)
-        if uri.endswith(".csv.gz"):
-            return pd.read_csv(io.BytesIO(data), compression="gzip")
-        return pd.read_parquet(io.BytesIO(data))
-    return read_de_table(uri)
-
-
 def grounding_figures(report: AnalysisReport, de: pd.DataFrame | None) -> dict[str, tuple[str, str | None, bytes]]:
     """The grounding's PNGs as ``output name -> (file name, context or None, bytes)``: a volcano per
     context of the DE table (files numbered: a context's name is the data's text), and the top sets' bar chart."""
@@ -660,7 +647,7 @@ def publish_report(
     volcanoes = dict(report.volcano_plots)
     if de_uri is not None:
         outputs.setdefault("de_table", de_uri)
-    for name, (file_name, context, figure_png) in grounding_figures(report, read_de(de_uri) if de_uri else None).items():
+    for name, (file_name, context, figure_png) in grounding_figures(report, read_de_table(de_uri) if de_uri else None).items():
         uri = store.put_bytes_once(figure_png, join_uri(report_prefix, file_name))
         images[uri] = figure_png
         outputs[name] = uri
