@@ -221,8 +221,15 @@ def reference_text(reference: str | None, reference_value: str | None = None) ->
         return f"synthetic control (the query cells{under}, same job and seed, paired by query cell)"
     if reference in ("query_input", None):
         return "query input (query-as-control: weaker than a synthetic control)"
-    weaker = "query" in reference.casefold() and "weaker" not in reference.casefold()
+    weaker = is_query_as_control(reference) and "weaker" not in reference.casefold()
     return reference + (" (query-as-control: weaker than a synthetic control)" if weaker else "")
+
+
+def is_query_as_control(reference: str) -> bool:
+    """``query_input``, or the grounding's words for it ("query input (weaker: unpaired)"); a synthetic
+    control's words name the query too ("paired by query cell"), so they are told apart by "synthetic"."""
+    words = reference.casefold()
+    return "synthetic" not in words and "query" in words
 
 
 def score_card_rows(evaluation: GroundingEvaluation) -> list[dict[str, str]]:
@@ -303,7 +310,7 @@ def _normal(text: str) -> str:
 
 
 def _query_as_control(report: AnalysisReport) -> bool:
-    if report.grounding is not None and "query" in report.grounding.reference.casefold():
+    if report.grounding is not None and is_query_as_control(report.grounding.reference):
         return True
     return any(g.reference == "query_input" for g in report.top_genes)
 
@@ -610,7 +617,9 @@ def grounding_figures(report: AnalysisReport, de: pd.DataFrame | None) -> dict[s
         genes = report.expectations.genes if report.expectations else []
         up = [g.gene for g in genes if g.direction == "up"]
         down = [g.gene for g in genes if g.direction == "down"]
-        for index, context in enumerate(dict.fromkeys(de["split_value"].astype(str)), 1):
+        controls = {g.reference_value for g in report.top_genes if g.reference == "synthetic_control"}
+        contexts = [c for c in dict.fromkeys(de["split_value"].astype(str)) if c not in controls]
+        for index, context in enumerate(contexts, 1):
             png = volcano_png(de, context, expected_up=up, expected_down=down)
             figures[f"volcano_{index}"] = (f"volcano_{index}.png", context, png)
     if report.grounding is not None and report.grounding.enrichment:

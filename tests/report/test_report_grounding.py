@@ -87,9 +87,15 @@ def test_a_composite_of_none_is_not_assessed() -> None:
         assert composite[1] == "not assessed" and "2 assessed" in composite[3]
 
 
-def test_a_synthetic_control_is_named_with_its_pairing() -> None:
-    text = rendered(score_card_markdown(grounded.evaluation(reference="synthetic_control")))[0].text
+@pytest.mark.parametrize("reference", ["synthetic_control", "synthetic control: PBS, paired by query cell"])
+def test_a_synthetic_control_is_not_called_weaker(reference: str) -> None:
+    text = rendered(score_card_markdown(grounded.evaluation(reference=reference)))[0].text
     assert "synthetic control" in text and "weaker" not in text
+
+
+def test_the_groundings_words_for_query_as_control_are_shown_once_as_weaker() -> None:
+    text = rendered(score_card_markdown(grounded.evaluation(reference="query input (weaker: unpaired)")))[0].text
+    assert "reference: query input (weaker: unpaired)" in " ".join(text.split()) and text.count("weaker") == 1
 
 
 def test_caveats_come_from_the_evaluation_once_each_and_the_needed_ones_are_added() -> None:
@@ -101,7 +107,7 @@ def test_caveats_come_from_the_evaluation_once_each_and_the_needed_ones_are_adde
 
     bare = report.model_copy(update={"grounding": grounded.evaluation(caveats=[]), "findings": report.findings.model_copy(update={"caveats": []})})
     assert DESCRIPTIVE_P_CAVEAT in report_caveats(bare) and QUERY_AS_CONTROL_CAVEAT in report_caveats(bare)
-    synthetic = bare.model_copy(update={"grounding": grounded.evaluation(caveats=[], reference="synthetic_control"),
+    synthetic = bare.model_copy(update={"grounding": grounded.evaluation(caveats=[], reference="synthetic control: PBS, paired by query cell"),
                                         "top_genes": [g.model_copy(update={"reference": "synthetic_control"}) for g in bare.top_genes]})  # fmt: skip
     assert QUERY_AS_CONTROL_CAVEAT not in report_caveats(synthetic)
 
