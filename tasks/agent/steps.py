@@ -1,8 +1,9 @@
-"""The agent's two steps as Prefect tasks: plan the run, interpret its predictions.
+"""The agent's steps as Prefect tasks: plan the run, set its expectations, interpret its predictions.
 
 Each step is a task whose result is persisted under a cache key made from its inputs and the
 agent settings that shape the answer, so a retried flow run reads the earlier plan or findings
-instead of paying for the same reasoning twice. With ``ANTHROPIC_API_KEY`` (or the Prefect Secret
+instead of paying for the same reasoning twice (the expectations' key holds the knowledge pack's
+version too: a new pack is a new yardstick). With ``ANTHROPIC_API_KEY`` (or the Prefect Secret
 block named by ``STACKFLOWS_AGENT__API_KEY_SECRET_BLOCK``) Claude does the work; without one the
 offline planner and summary do, and say so. The key is read inside the task, never passed in.
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from prefect import task
@@ -24,21 +26,28 @@ from prefect.logging import get_run_logger
 from clients.llm.claude import ClaudeClient
 from clients.llm.settings import AgentSettings
 from clients.settings import get_settings
+from clients.ocr.models import DocumentText
 from clients.storage import local_path_of, scheme_of
 from tasks.request import AnalysisRequest
 from inference.contract import PredictionSummary
 from tasks.agent.claude import interpret_with_claude, plan_with_claude
+from tasks.agent.expectations import expectations_with_claude
 from tasks.agent.offline_findings import offline_findings
 from tasks.agent.offline_planner import offline_plan
 from tasks.agent.plan import Findings, RunPlan
 from tasks.agent.plan_checks import PlanInvalid, check_plan, check_request
 from tasks.agent.plan_data import PlanData
+from tasks.grounding.models import Expectations, GroundingEvaluation
+from tasks.grounding.pack import KnowledgePack
 from tasks.staging import StagedInput
 
 API_KEY_ENV = "ANTHROPIC_API_KEY"
 # Part of the offline plans' cache key: bump it when the offline planner or summary changes what it
 # writes, so persisted plans from older code are not served again.
 OFFLINE_PLANNER_VERSION = 4
+EXPECTATIONS_TASK = "set-expectations"
+# Grounding settings that change the expectations (the pack itself is keyed by its version).
+_EXPECTATIONS_SHAPING = ("offline_gene_sets",)
 # Agent settings that change what a step answers; the others (prices, timeouts) do not invalidate results.
 _ANSWER_SHAPING = (
     "model",
@@ -88,6 +97,9 @@ def _agent_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str
         "limits": settings.model_dump(include=set(_ANSWER_SHAPING) - {"model", "base_url"}),
         "inputs": {name: _canonical(value) for name, value in sorted(parameters.items())},
     }
+    if context.task.name == EXPECTATIONS_TASK:
+        payload["pack"] = _pack_for(parameters["request"]).version
+        payload["grounding"] = get_settings().grounding.model_dump(include=set(_EXPECTATIONS_SHAPING))
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
     return f"stackflows-agent-{context.task.name}-{digest}"
 
@@ -96,6 +108,11 @@ def _canonical(value: Any) -> Any:
     if isinstance(value, StagedInput):
         # Named by content: where validation read it from does not change the answer.
         return {"uri": value.uri, "sha256": value.sha256, "gene_overlap": value.gene_overlap}
+    if isinstance(value, DocumentText):
+        # Named by content and text: where its markdown went or how much OCR came from a cache does not matter.
+        return {"uri": value.uri, "sha256": value.sha256, "pages": [[p.page_number, p.text] for p in value.pages]}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(item) for item in value]
     if hasattr(value, "model_dump"):
         return value.model_dump(mode="json")
     if isinstance(value, str) and _is_local_h5ad(value):
@@ -103,6 +120,24 @@ def _canonical(value: Any) -> Any:
         stat = local_path_of(value).stat()
         return {"uri": value, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     return value
+
+
+# The pack the last cache key was made with: the task body runs right after its key and reuses it,
+# so one expectations step loads the pack once.
+_LAST_PACK: tuple[tuple[str, tuple[str, ...]], KnowledgePack] | None = None
+
+
+def _pack_for(request: AnalysisRequest, *, fresh: bool = True) -> KnowledgePack:
+    """The knowledge pack with the settings' and the request's GMT files (``fresh=False``: the one the
+    cache key was just made with, when it is the same pack)."""
+    global _LAST_PACK
+    from tasks.grounding.pack import load_pack
+
+    grounding = get_settings().grounding
+    where = (grounding.pack_uri, (*grounding.gene_set_uris, *request.gene_set_uris))
+    if fresh or _LAST_PACK is None or _LAST_PACK[0] != where:
+        _LAST_PACK = (where, load_pack(where[0], list(where[1])))
+    return _LAST_PACK[1]
 
 
 def _is_local_h5ad(value: str) -> bool:
@@ -155,18 +190,70 @@ def plan_run(
     return plan
 
 
+@task(name=EXPECTATIONS_TASK, persist_result=True, cache_key_fn=_agent_cache_key)
+def set_expectations(
+    request: AnalysisRequest, documents: list[DocumentText], query_values: Sequence[str] = ()
+) -> Expectations:
+    """What the question predicts, fixed once for the run: the yardstick every round is scored against.
+
+    The request's own expectations always stand (an expected gene set the pack lacks fails here, before
+    any GPU time). With a key Claude adds to them, searching the pack and ``documents`` (their OCR'd
+    pages); without one, offline name matching does. ``query_values`` are the query cells' labels
+    (e.g. the plan's query filter values) for resolving their cell type offline.
+    """
+    from tasks.grounding.expectations import offline_expectations, request_expectations
+
+    logger = get_run_logger()
+    settings = get_settings().agent
+    pack = _pack_for(request, fresh=False)
+    key = anthropic_api_key(settings)
+    if key is None:
+        logger.info("No %s: expectations from the request and offline name matching", API_KEY_ENV)
+        expectations = offline_expectations(request, pack, query_values=list(query_values))
+    else:
+        base = request_expectations(request, pack)  # a bad request fails before any model call
+        logger.info("Setting expectations with %s (%d documents)", settings.model, len(documents))
+        with ClaudeClient(settings, api_key=key) as client:
+            try:
+                expectations = expectations_with_claude(client, request, pack, documents, base)
+            finally:
+                logger.info("Expectations used %s", client.usage.line())
+    logger.info(
+        "Expectations set by %s: %d genes, %d gene sets, cell type %s, %d claims, %d notes (pack %s)",
+        expectations.set_by,
+        len(expectations.genes),
+        len(expectations.gene_sets),
+        expectations.cell_type.ontology_id if expectations.cell_type else "none",
+        len(expectations.claims),
+        len(expectations.notes),
+        expectations.pack_version,
+    )
+    return expectations
+
+
 @task(name="interpret-predictions", persist_result=True, cache_key_fn=_agent_cache_key)
-def interpret(plan: RunPlan, summary: PredictionSummary, question: str | None = None) -> Findings:
-    """Findings and caveats in markdown from the job's prediction summary; says if the model was untrained."""
+def interpret(
+    plan: RunPlan,
+    summary: PredictionSummary,
+    question: str | None = None,
+    evaluation: GroundingEvaluation | None = None,
+    documents: list[str] | None = None,
+) -> Findings:
+    """Findings and caveats in markdown from the prediction summary, its DE and the score card.
+
+    ``evaluation`` is the grounding's score card (computed by code; the model reads it, never makes
+    one); ``documents`` are the documents' markdown (``DocumentText.markdown()``), which carries page
+    numbers for citations. Says first if the model was untrained.
+    """
     logger = get_run_logger()
     settings = get_settings().agent
     key = anthropic_api_key(settings)
     if key is None:
         logger.info("No %s: writing the offline summary of the predictions", API_KEY_ENV)
-        findings = offline_findings(plan, summary)
+        findings = offline_findings(plan, summary, evaluation)
     else:
         with ClaudeClient(settings, api_key=key) as client:
-            findings = interpret_with_claude(client, plan, summary, question)
+            findings = interpret_with_claude(client, plan, summary, question, evaluation, documents or [])
     logger.info(
         "Findings by %s (%d caveats%s)%s",
         findings.written_by,

@@ -9,9 +9,18 @@ import pytest
 
 from clients.llm.settings import AgentSettings
 from clients.settings import Settings, get_settings
+from inference.contract import GeneChange
 from tests.fake_anthropic_api import FakeMessagesAPI
 
 FAKE_KEY = "sk-ant-fake-3f9c1e7d-never-log-me"
+
+
+def change(gene: str, lfc: float, q: float = 1e-4, fraction: float = 0.9) -> GeneChange:
+    """One gene's DE against its reference, as the job summarises it."""
+    return GeneChange(
+        gene=gene, mean_treated=2.0 + max(lfc, 0), mean_reference=2.0 - min(lfc, 0), log_fold_change=lfc,
+        p_value=q / 10, q_value=q, fraction_same_direction=fraction,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ from tasks.agent.offline_findings import offline_findings
 from tasks.agent.offline_planner import OFFLINE_PLANNER, offline_plan
 from tasks.agent.plan_checks import PlanInvalid, check_plan, check_request
 from tasks.agent.plan_data import PlanData
+from tests.agent.conftest import change
 
 QUESTION = "How would dendritic cells look in the context of monocytes and B cells?"
 
@@ -116,9 +117,10 @@ def _summary(trained: bool) -> PredictionSummary:
         mode="generate", model_trained=trained, query_cells=240, genes=765,
         splits=[
             SplitSummary(split_value="CD19+ B", cells=240, mean_shift=0.12,
-                         top_up=[("CD79A", 1.1)], top_down=[("LYZ", -0.8)]),
-            SplitSummary(split_value="CD14+ Monocyte", cells=240, mean_shift=0.31,
-                         top_up=[("S100A8", 2.0), ("LYZ", 1.6)], top_down=[("CD74", -0.5)]),
+                         top_up=[change("CD79A", 1.1)], top_down=[change("LYZ", -0.8)]),
+            SplitSummary(split_value="CD14+ Monocyte", cells=240, mean_shift=0.31, significant_up=42,
+                         significant_down=7, top_up=[change("S100A8", 2.0, q=3e-6), change("LYZ", 1.6)],
+                         top_down=[change("CD74", -0.5)]),
         ],
     )
 
@@ -134,8 +136,12 @@ def test_offline_findings_say_no_model_wrote_them_and_flag_an_untrained_checkpoi
     assert "**Untrained model.**" in findings.markdown
     assert any("untrained" in c for c in findings.caveats)
     assert "moves the query cells most is **CD14+ Monocyte**" in findings.markdown
-    assert "S100A8 (+2.00)" in findings.markdown
+    # Per context: the reference, the significant counts and the top genes with LFC and q.
+    assert "| CD14+ Monocyte | query input (unpaired) | 240 | 42 | 7 | S100A8 (+2.00, q 3e-06)" in findings.markdown
+    assert "No grounding score card for this run." in findings.markdown
     assert any("did not produce: Dendritic" in c for c in findings.caveats)  # planned, absent from the summary
+    assert any("query-as-control" in c and "weaker" in c for c in findings.caveats)
+    assert any("descriptive" in c and "shrink as more cells" in c for c in findings.caveats)
     trained = offline_findings(plan, _summary(trained=True))
     assert "Untrained" not in trained.markdown and trained.model_trained
 

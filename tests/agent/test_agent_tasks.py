@@ -34,7 +34,7 @@ from tasks.agent.steps import anthropic_api_key, interpret, plan_run
 from tasks.agent.plan import Findings, RunPlan
 from tasks.agent.plan_checks import PlanInvalid
 from tasks.staging import StagedInput, stage_input, validate_input
-from tests.agent.conftest import FAKE_KEY
+from tests.agent.conftest import FAKE_KEY, change
 from tests.fake_anthropic_api import FakeMessagesAPI, text, thinking, tool_use
 
 PLAN_INPUT = {
@@ -46,7 +46,7 @@ PLAN_INPUT = {
 }
 SUMMARY = PredictionSummary(
     mode="generate", model_trained=False, query_cells=240, genes=765,
-    splits=[SplitSummary(split_value="CD14+ Monocyte", cells=240, mean_shift=0.3, top_up=[("LYZ", 1.2)], top_down=[])],
+    splits=[SplitSummary(split_value="CD14+ Monocyte", cells=240, mean_shift=0.3, top_up=[change("LYZ", 1.2)], top_down=[])],
 )
 
 
