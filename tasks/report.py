@@ -654,8 +654,8 @@ def publish_report(
     images = {plot_uri: plot_png}
     outputs = {**report.outputs, "plot": plot_uri}
     volcanoes = dict(report.volcano_plots)
-    if de_uri is not None:
-        outputs.setdefault("de_table", de_uri)
+    if de_uri is not None and de_uri not in outputs.values():
+        outputs["de_table"] = de_uri  # listed once, under whatever name the flow gave it
     for name, (file_name, context, figure_png) in grounding_figures(report, read_de_table(de_uri) if de_uri else None).items():
         uri = store.put_bytes_once(figure_png, join_uri(report_prefix, file_name))
         images[uri] = figure_png
