@@ -122,22 +122,13 @@ def _canonical(value: Any) -> Any:
     return value
 
 
-# The pack the last cache key was made with: the task body runs right after its key and reuses it,
-# so one expectations step loads the pack once.
-_LAST_PACK: tuple[tuple[str, tuple[str, ...]], KnowledgePack] | None = None
-
-
-def _pack_for(request: AnalysisRequest, *, fresh: bool = True) -> KnowledgePack:
-    """The knowledge pack with the settings' and the request's GMT files (``fresh=False``: the one the
-    cache key was just made with, when it is the same pack)."""
-    global _LAST_PACK
+def _pack_for(request: AnalysisRequest) -> KnowledgePack:
+    """The knowledge pack with the settings' and the request's GMT files (``load_pack`` caches it by
+    content, so the cache key and the task body share one load)."""
     from tasks.grounding.pack import load_pack
 
     grounding = get_settings().grounding
-    where = (grounding.pack_uri, (*grounding.gene_set_uris, *request.gene_set_uris))
-    if fresh or _LAST_PACK is None or _LAST_PACK[0] != where:
-        _LAST_PACK = (where, load_pack(where[0], list(where[1])))
-    return _LAST_PACK[1]
+    return load_pack(grounding.pack_uri, [*grounding.gene_set_uris, *request.gene_set_uris])
 
 
 def _is_local_h5ad(value: str) -> bool:
@@ -205,7 +196,7 @@ def set_expectations(
 
     logger = get_run_logger()
     settings = get_settings().agent
-    pack = _pack_for(request, fresh=False)
+    pack = _pack_for(request)
     key = anthropic_api_key(settings)
     if key is None:
         logger.info("No %s: expectations from the request and offline name matching", API_KEY_ENV)
