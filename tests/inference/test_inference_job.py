@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from inference.contract import (
+    DE_FILE,
     MANIFEST_FILE,
     PREDICTIONS_FILE,
     PROGRESS_FILE,
@@ -78,13 +79,14 @@ def test_inference_generate_manifest_summary_and_progress(generate_run) -> None:
     assert manifest.device == "cpu" and manifest.peak_memory_mb > 0
     for name, sha in manifest.outputs.items():
         assert hashlib.sha256((prefix / name).read_bytes()).hexdigest() == sha
-    assert set(manifest.outputs) == {PREDICTIONS_FILE, SUMMARY_FILE}
+    assert set(manifest.outputs) == {PREDICTIONS_FILE, SUMMARY_FILE, DE_FILE}
     summary = PredictionSummary.model_validate(read_json(prefix / SUMMARY_FILE))
     assert summary.model_trained is False and summary.genes == len(MODEL_GENES)
     assert [s.split_value for s in summary.splits] == ["d1", "d2"]
     assert all(s.cells == 40 and s.mean_shift > 0 for s in summary.splits)
     absent = {f"G{i}" for i in range(60, 70)}  # model genes the query lacks are never ranked
-    assert not absent & {g for s in summary.splits for g, _ in s.top_up + s.top_down}
+    assert not absent & {g.gene for s in summary.splits for g in s.top_up + s.top_down}
+    assert all(s.reference == "query_input" and s.genes_tested == 50 for s in summary.splits)
     progress = JobProgress.model_validate(read_json(prefix / PROGRESS_FILE))
     assert progress.phase == "done" and progress.chunks_done == progress.chunks_total > 0
     assert progress.cells_done == progress.cells_total == 40 * 2 * 3
