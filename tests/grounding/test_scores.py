@@ -259,3 +259,28 @@ def test_synthetic_control_has_no_query_as_control_caveat() -> None:
                                   model_trained=True)
     assert evaluation.reference == "synthetic control: PBS, paired by query cell"
     assert CAVEAT_QUERY_AS_CONTROL not in evaluation.caveats and CAVEAT_UNTRAINED not in evaluation.caveats
+
+
+# --- the Prefect task ----------------------------------------------------------------------------
+
+
+def test_evaluate_grounding_reads_the_de_table_and_a_retry_does_not_recompute(prefect_api, settings, tmp_path) -> None:
+    from prefect import flow
+
+    from tasks.grounding.steps import evaluate_grounding
+
+    de_uri = (tmp_path / "de.parquet").as_uri()
+    de_table({"G001": (1.0, 0.001), "G002": (1.0, 0.001)}).to_parquet(tmp_path / "de.parquet")
+    found = expectations(genes=[up("G001"), up("G002")])
+
+    @flow
+    def twice():
+        first = evaluate_grounding(found, summary(), de_uri, return_state=True)
+        again = evaluate_grounding(found, summary(), de_uri, return_state=True)
+        return first, again
+
+    first, again = twice()
+    assert first.is_completed() and again.name == "Cached"
+    assert again.result() == first.result()
+    assert first.result().component("target_activation").score == 10
+    assert first.result().pack_version.startswith("pack-1")
