@@ -10,13 +10,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from clients.llm.claude import ClaudeClient
 from clients.llm.settings import AgentSettings
+from tasks.agent.claude import plan_with_claude
 from tasks.agent.control_choice import baseline_strength, choose_control
 from tasks.agent.offline_planner import offline_plan
 from tasks.agent.plan import PlanProposal
 from tasks.agent.plan_checks import PlanInvalid, apply_request, check_plan, check_request
 from tasks.agent.plan_data import PlanData
 from tasks.request import AnalysisRequest
+from tests.agent.conftest import FAKE_KEY
+from tests.fake_anthropic_api import FakeMessagesAPI, tool_use
 
 SETTINGS = AgentSettings()  # at least 10 prompt cells per context
 
@@ -165,3 +169,36 @@ def test_the_choice_is_deterministic_strongest_then_largest() -> None:
     counts = {"ctrl": 20, "PBS": 50, "NT": 80, "IFNG": 90}
     assert choose_control("condition", counts, 10)[0] == "PBS"  # NT is weak; PBS has more cells than ctrl
     assert choose_control("condition", {"PBS": 5, "IFNG": 90}, 10) is None  # too few cells to be the reference
+
+
+def test_claude_is_told_about_the_control_and_its_control_is_not_a_context(
+    claude_settings: AgentSettings, fake_api: FakeMessagesAPI, conditions: Path
+) -> None:
+    proposal = {"split_column": "condition", "split_values": ["PBS", "IFNG", "TNF"], "control_value": "PBS",
+                "num_steps": 10, "rationale": "PBS is the vehicle."}
+    fake_api.reply([tool_use("submit_plan", proposal)])
+
+    with ClaudeClient(claude_settings, api_key=FAKE_KEY) as client:
+        plan = plan_with_claude(client, _request(conditions), _data(conditions))
+
+    assert plan.control_value == "PBS" and plan.split_values == ["IFNG", "TNF"]
+    sent = fake_api.requests[0].body
+    assert "control_value" in sent["system"][0]["text"] and "synthetic control" in sent["system"][0]["text"]
+    submit = next(t for t in sent["tools"] if t["name"] == "submit_plan")
+    assert "control_value" in submit["input_schema"]["properties"]
+
+
+def test_claude_naming_an_absent_control_gets_the_values_in_its_repair_turn(
+    claude_settings: AgentSettings, fake_api: FakeMessagesAPI, conditions: Path
+) -> None:
+    wrong = {"split_column": "condition", "split_values": ["IFNG"], "control_value": "DMSO", "num_steps": 10,
+             "rationale": "DMSO is the vehicle."}
+    fake_api.reply([tool_use("submit_plan", wrong)])
+    fake_api.reply([tool_use("submit_plan", {**wrong, "control_value": "PBS"})])
+
+    with ClaudeClient(claude_settings, api_key=FAKE_KEY) as client:
+        plan = plan_with_claude(client, _request(conditions), _data(conditions))
+
+    repair = fake_api.requests[1].tool_results()[0]["content"]
+    assert "control_value 'DMSO' is not a value of prompt column 'condition'" in repair and "'PBS'" in repair
+    assert plan.control_value == "PBS"
