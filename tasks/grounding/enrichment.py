@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import decoupler as dc
 import numpy as np
@@ -53,15 +54,18 @@ def enrichment(
     expected = dict(expected or {})
     forced = set(always_test) | set(expected)
     rows: list[EnrichmentRow] = []
+    prepared: dict[tuple[str, ...], _Sets | None] = {}  # contexts of one job share their background
     for split_value, context in de.groupby("split_value", sort=False):
-        background = context["gene"].astype(str).tolist()
-        sets = background_sets(background, pack, settings, forced)
-        if not sets:
+        background = tuple(context["gene"].astype(str))
+        if background not in prepared:
+            prepared[background] = _Sets.of(background, background_sets(background, pack, settings, forced))
+        sets = prepared[background]
+        if sets is None:
             continue
         for direction in DIRECTIONS:
             hits = de_genes(context, direction, settings.top_de_genes)
             if hits:
-                rows.extend(_ora_rows(str(split_value), direction, hits, background, sets, pack, expected))
+                rows.extend(_ora_rows(str(split_value), direction, hits, sets, pack, expected))
     return rows
 
 
@@ -85,35 +89,53 @@ def is_enriched(row: EnrichmentRow, q_threshold: float = DE_Q_THRESHOLD) -> bool
     return row.q_value < q_threshold and row.overlap > row.de_genes * row.set_size / row.background
 
 
+@dataclass(frozen=True)
+class _Sets:
+    """The sets to test, indexed over the background as decoupler's ORA reads them."""
+
+    features: np.ndarray
+    members: dict[str, list[str]]
+    sources: np.ndarray
+    cnct: np.ndarray
+    starts: np.ndarray
+    offsets: np.ndarray
+
+    @classmethod
+    def of(cls, background: Sequence[str], members: dict[str, list[str]]) -> _Sets | None:
+        if not members:
+            return None
+        features = np.asarray(background, dtype="U")
+        net = pd.DataFrame(
+            [(set_id, gene) for set_id, genes in members.items() for gene in genes], columns=["source", "target"]
+        )
+        net = dc.pp.prune(features=features, net=net, tmin=1)
+        sources, cnct, starts, offsets = dc.pp.idxmat(features=features, net=net)
+        return cls(features, members, sources, cnct, starts, offsets)
+
+
 def _ora_rows(
     split_value: str,
     direction: Direction,
     hits: list[str],
-    background: list[str],
-    sets: dict[str, list[str]],
+    sets: _Sets,
     pack: KnowledgePack,
     expected: Mapping[str, Direction],
 ) -> list[EnrichmentRow]:
-    features = np.asarray(background, dtype="U")
-    net = pd.DataFrame(
-        [(set_id, gene) for set_id, members in sets.items() for gene in members], columns=["source", "target"]
-    )
-    net = dc.pp.prune(features=features, net=net, tmin=1)
-    sources, cnct, starts, offsets = dc.pp.idxmat(features=features, net=net)
+    features = sets.features
     selected = np.isin(features, hits).astype(float)[None, :]
     # dc.mt.ora takes one n_up for all rows and returns only BH-adjusted p-values, so its method
     # function runs per row. In decoupler 2.2 it observes the features ranked above n_up: with a
     # 0/1 row, n_up = background - DE genes observes exactly the DE genes. n_bg=None: the universe
     # is the matrix's features, the background.
     log_odds, p_values = dc.mt.ora.func(
-        selected, cnct, starts, offsets, n_up=len(features) - len(hits), n_bm=0, n_bg=None
+        selected, sets.cnct, sets.starts, sets.offsets, n_up=len(features) - len(hits), n_bm=0, n_bg=None
     )
     log_odds, p_values = log_odds[0], np.clip(p_values[0], 0.0, 1.0)
     q_values = false_discovery_control(p_values, method="bh")
     rank = {gene: i for i, gene in enumerate(hits)}
     rows = []
-    for j, set_id in enumerate(sources):
-        members = sets[str(set_id)]
+    for j, set_id in enumerate(sets.sources):
+        members = sets.members[str(set_id)]
         overlap = sorted((g for g in members if g in rank), key=rank.__getitem__)
         _check_table(log_odds[j], len(overlap), len(members), len(hits), len(features), str(set_id))
         rows.append(
