@@ -4,9 +4,13 @@ Read it as the run itself:
 
 1. check the model files and the inputs, then stage the inputs, before anything costly;
 2. read the request's documents (OCR), for the agent;
-3. the agent plans which cells and contexts answer the question;
-4. STACK runs on a GPU (a subflow: submitted once, progress on the run page);
-5. the agent interprets the predictions; the report is written beside the outputs.
+3. fix the expectations: what the question predicts (genes, gene sets, the query's cell type), the
+   yardstick the prediction is scored against; an unknown gene set or a bad GMT fails here;
+4. the agent plans which cells and contexts answer the question, and the control to compare with;
+5. STACK runs on a GPU (a subflow: submitted once, progress on the run page); the job also computes
+   the DE of every treated context against its reference, the query type's markers and the backtest;
+6. the grounding is scored by code (never by the model), the agent interprets the predictions and
+   the scores, and the report is written beside the outputs.
 
 Every task result is persisted to storage every worker can read, so a Retry from the dashboard (or
 ``POST /runs/{id}/retry``) skips what is done: inputs are not uploaded again, the agent is not paid
@@ -23,13 +27,15 @@ from clients.batch.settings import GPU_CONCURRENCY_LIMIT
 from clients.settings import get_settings
 from clients.storage import join_uri
 from flows.faults import fault_point
-from tasks.request import AnalysisRequest, merge_obs_required
 from flows.stack_inference import cancel_gpu_jobs_of_flow_run, stack_inference
-from inference.contract import PREDICTIONS_FILE
-from tasks.agent.steps import interpret, plan_run
+from inference.contract import DE_FILE, PREDICTIONS_FILE
+from tasks.agent.steps import interpret, plan_run, set_expectations
+from tasks.grounding.expectations import query_type_of
+from tasks.grounding.steps import evaluate_grounding
 from tasks.model_files import resolve_model_files
 from tasks.ocr import ocr_documents
 from tasks.report import AnalysisReport, JobFigures, document_caveats, document_line, publish_report, top_gene_rows
+from tasks.request import AnalysisRequest, merge_obs_required
 from tasks.request_checks import check_request_uris
 from tasks.results import shared_result_storage
 from tasks.staging import StagedInput, stage_input, validate_input
@@ -59,8 +65,11 @@ def analysis_run(request: AnalysisRequest) -> AnalysisReport:
 
     documents = ocr_documents(request.documents, join_uri(run_prefix, "documents")) if request.documents else []
 
+    expectations = set_expectations(request, documents)
     plan = plan_run(request, prompt, query, "\n\n".join(d.markdown() for d in documents))
     fault_point("planned", run_id)
+    # The query's cell type: the request's, else the single value the query cells are filtered on.
+    cell_type = query_type_of(request.model_copy(update={"query_obs_filter": plan.query_obs_filter}))
     spec = plan.to_job_spec(
         prompt_uri=prompt.uri,
         query_uri=query.uri,
@@ -71,6 +80,9 @@ def analysis_run(request: AnalysisRequest) -> AnalysisReport:
         gene_name_column=request.gene_name_column,
         checkpoint_uri=model.checkpoint_uri,
         gene_list_uri=model.gene_list_uri,
+        cell_type_column=cell_type[0] if cell_type else None,
+        query_cell_type=cell_type[1] if cell_type else None,
+        backtest=request.backtest,
         output_prefix=join_uri(run_prefix, "stack"),
     )
     # GPU jobs queue here instead of piling up. The slot's lease is renewed while this process lives;
@@ -80,7 +92,9 @@ def analysis_run(request: AnalysisRequest) -> AnalysisReport:
     fault_point("stack_inference", run_id)
 
     summary = collected.read_summary()
-    findings = interpret(plan, summary, request.question)
+    de_uri = collected.outputs[DE_FILE]
+    grounding = evaluate_grounding(expectations, summary, de_uri, request.gene_set_uris)
+    findings = interpret(plan, summary, request.question, grounding, [d.markdown() for d in documents])
     fault_point("interpreted", run_id)
     report = AnalysisReport(
         flow_run_id=run_id,
@@ -91,9 +105,17 @@ def analysis_run(request: AnalysisRequest) -> AnalysisReport:
         top_genes=top_gene_rows(summary),
         documents=[document_line(d) for d in documents],
         caveats=document_caveats(documents),
-        outputs={"predictions": collected.outputs[PREDICTIONS_FILE], "manifest": collected.manifest_uri},
+        expectations=expectations,
+        grounding=grounding,
+        outputs={
+            "predictions": collected.outputs[PREDICTIONS_FILE],
+            "de": de_uri,
+            "manifest": collected.manifest_uri,
+        },
     )
-    return publish_report(report, query.uri, report.outputs["predictions"], join_uri(run_prefix, "report"))
+    return publish_report(
+        report, query.uri, report.outputs["predictions"], join_uri(run_prefix, "report"), de_uri=de_uri
+    )
 
 
 def stage_inputs(request: AnalysisRequest, gene_list_uri: str) -> tuple[StagedInput, StagedInput]:

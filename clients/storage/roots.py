@@ -39,6 +39,7 @@ class NamesUris(Protocol):
     gene_list_uri: str | None
     checkpoint_uri: str | None
     documents: list[str]
+    gene_set_uris: list[str]
 
 
 def default_roots(data_dir: Path, storage_root: str) -> list[str]:
@@ -100,6 +101,7 @@ def request_uris(request: NamesUris) -> list[tuple[str, str]]:
         ("checkpoint_uri", request.checkpoint_uri),
     ]
     named += [(f"documents.{i}", doc) for i, doc in enumerate(request.documents)]
+    named += [(f"gene_set_uris.{i}", gmt) for i, gmt in enumerate(request.gene_set_uris)]
     return [(field, uri) for field, uri in named if uri is not None]
 
 
