@@ -12,18 +12,14 @@ from __future__ import annotations
 from inference.contract import GeneChange, PredictionSummary, SplitSummary
 from tasks.agent.findings_facts import top_enrichment
 from tasks.agent.plan import Findings, RunPlan
+from tasks.grounding import caveats as certain
 from tasks.grounding.models import GroundingEvaluation, ScoreComponent
 from tasks.report_text import md_inline
 
 OFFLINE_WRITER = "offline summary (no model read the results)"
-UNTRAINED_CAVEAT = (
-    "The STACK checkpoint was untrained (randomly initialised): these predictions carry no biology. "
-    "Point STACKFLOWS_MODEL__CHECKPOINT_URI at a trained checkpoint for real findings."
-)
-DESCRIPTIVE_P_CAVEAT = (
-    "P-values and q-values over generated cells are descriptive: they shrink as more cells are generated, "
-    "so read them with the effect sizes (LFC) and the share of cells moving the same way."
-)
+UNTRAINED_CAVEAT = certain.UNTRAINED
+DESCRIPTIVE_P_CAVEAT = certain.DESCRIPTIVE_P
+QUERY_AS_CONTROL_CAVEAT = certain.QUERY_AS_CONTROL
 TOP_GENES_SHOWN = 3  # per direction in the offline table
 TOP_SETS_SHOWN = 5
 BASIS_CHARS = 160
@@ -44,13 +40,8 @@ def summary_caveats(
         caveats.append(f"The plan asked for contexts the job did not produce: {', '.join(missing)}.")
     if summary.query_cells < 20:
         caveats.append(f"Only {summary.query_cells} query cells were generated; shifts are noisy.")
-    if weak := [s.split_value for s in summary.splits if s.reference == "query_input"]:
-        caveats.append(
-            f"{_listing(weak)} {'is' if len(weak) == 1 else 'are'} compared with the query input itself "
-            "(query-as-control, unpaired): a weaker comparison than a synthetic control, since the "
-            "difference mixes the context's effect with how generated cells differ from measured ones. "
-            "Name a baseline value of the split column as control_value for a paired comparison."
-        )
+    if any(s.reference == "query_input" for s in summary.splits):
+        caveats.append(QUERY_AS_CONTROL_CAVEAT)
     if summary.splits:
         caveats.append(DESCRIPTIVE_P_CAVEAT)
     caveats.append("These are model predictions, not measurements.")
@@ -167,7 +158,3 @@ def _enrichment_lines(evaluation: GroundingEvaluation | None) -> list[str]:
         for r in rows
     ]
     return [*lines, ""]
-
-
-def _listing(values: list[str]) -> str:
-    return ", ".join(values)

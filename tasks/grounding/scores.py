@@ -17,6 +17,7 @@ import pandas as pd
 from clients.grounding_settings import GroundingSettings
 from inference.contract import DE_Q_THRESHOLD, PredictionSummary
 from tasks.grounding.enrichment import enrichment, is_enriched
+from tasks.grounding import caveats as certain
 from tasks.grounding.models import (
     FORMULA_VERSION,
     ComponentName,
@@ -33,19 +34,9 @@ MARKER_MAX_DROP = math.log(2)  # identity: a marker may fall at most 2-fold in (
 BACKTEST_METRIC = "pearson_delta"
 REPORTED_SETS = 25  # enrichment rows kept per context and direction, beside every expected or claimed set
 
-CAVEAT_UNTRAINED = (
-    "The model is untrained (random weights): these predictions and their scores show that the pipeline runs, "
-    "not what the biology does."
-)
-CAVEAT_DESCRIPTIVE = (
-    "P-values over generated cells are descriptive: they shrink as more cells are generated, so q < 0.05 says a "
-    "change is consistent across the generated cells, not that it is certain in real cells."
-)
-CAVEAT_QUERY_AS_CONTROL = (
-    "The reference is the query input itself (query-as-control, unpaired), which is weaker than a synthetic "
-    "control: generated cells differ from real ones even with no treatment, and that difference counts as effect. "
-    "Name a control_value (PBS, vehicle, untreated, ...) for a synthetic control."
-)
+CAVEAT_UNTRAINED = certain.UNTRAINED
+CAVEAT_DESCRIPTIVE = certain.DESCRIPTIVE_P
+CAVEAT_QUERY_AS_CONTROL = certain.QUERY_AS_CONTROL
 
 
 def score_prediction(

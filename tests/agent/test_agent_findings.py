@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tasks.agent.offline_findings import offline_findings
+from tasks.grounding.caveats import QUERY_AS_CONTROL
 from tests.agent.grounding_examples import EVALUATION, PLAN, SUMMARY
 
 
@@ -23,9 +24,9 @@ def test_offline_findings_show_the_score_card_de_and_sets_and_say_no_model_wrote
     assert "| TNF | query input (unpaired) | 200 | 3 | 0 |" in md
     # The top enriched sets, most significant first.
     assert md.index("response to type II interferon (GO:0034341) | 9/40 | 2e-05 | up |") < md.index("GO:0033209")
-    # Only the context compared with the query input gets the weaker-reference caveat.
+    # A context compared with the query input brings the weaker-reference caveat, worded as the report words it.
     weak = [c for c in findings.caveats if "query-as-control" in c]
-    assert len(weak) == 1 and weak[0].startswith("TNF is compared")
+    assert weak == [QUERY_AS_CONTROL]
     assert any("descriptive" in c for c in findings.caveats)
     assert not any("untrained" in c for c in findings.caveats)
 
