@@ -13,9 +13,9 @@ import pytest
 
 from inference.contract import GeneChange, JobManifest, PredictionSummary, SplitSummary, StackJobSpec
 from tasks.grounding.plots import enrichment_bar_png, neg_log10, volcano_png
+from tasks.grounding.caveats import DESCRIPTIVE_P as DESCRIPTIVE_P_CAVEAT
+from tasks.grounding.caveats import QUERY_AS_CONTROL as QUERY_AS_CONTROL_CAVEAT
 from tasks.report import (
-    DESCRIPTIVE_P_CAVEAT,
-    QUERY_AS_CONTROL_CAVEAT,
     JobFigures,
     render_html,
     render_markdown,

@@ -1,0 +1,143 @@
+"""What a run's report holds: the request, plan, job figures, findings, grounding and outputs."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from clients.ocr.models import DocumentText
+from inference.contract import JobManifest, PredictionSummary, Reference
+from tasks.agent.plan import AgentUsage, Findings, RunPlan
+from tasks.grounding.models import (
+    Expectations,
+    GroundingEvaluation,
+)
+
+
+class JobFigures(BaseModel):
+    """What the GPU job cost and ran on, from its manifest."""
+
+    job_id: str
+    device: str
+    precision: str
+    model_trained: bool
+    model_parameters: int
+    predictions_shape: tuple[int, int]
+    num_steps: int
+    wall_seconds: float
+    gpu_seconds: float = Field(description="Wall time on a GPU; 0 when the job ran on the CPU.")
+    peak_memory_mb: float
+
+    @classmethod
+    def from_manifest(cls, job_id: str, manifest: JobManifest) -> JobFigures:
+        # timings_s holds the parts and, beside them, "total_s" (inference.stack_job): the total is
+        # that one, never the parts plus it.
+        timings = manifest.timings_s
+        wall = round(timings["total_s"] if "total_s" in timings else sum(timings.values()), 2)
+        return cls(
+            job_id=job_id,
+            device=manifest.device,
+            precision=manifest.precision,
+            model_trained=manifest.model_trained,
+            model_parameters=manifest.model_parameters,
+            predictions_shape=manifest.predictions_shape,
+            num_steps=manifest.spec.num_steps,
+            wall_seconds=wall,
+            gpu_seconds=wall if manifest.device.startswith("cuda") else 0.0,
+            peak_memory_mb=manifest.peak_memory_mb,
+        )
+
+
+class TopGene(BaseModel):
+    """One of a context's top genes against its reference, with the DE figures behind it (``GeneChange``).
+
+    The figures are optional so a report of a job without DE (or an old one) still loads.
+    """
+
+    split_value: str
+    direction: str
+    gene: str
+    log_fold_change: float
+    mean_treated: float | None = None
+    mean_reference: float | None = None
+    p_value: float | None = None
+    q_value: float | None = None
+    fraction_same_direction: float | None = None
+    reference: Reference | None = None
+    reference_value: str | None = None
+    test: str = ""
+
+
+class AnalysisReport(BaseModel):
+    """What an analysis run returns and persists beside its outputs."""
+
+    flow_run_id: str
+    question: str
+    plan: RunPlan
+    job: JobFigures
+    findings: Findings
+    top_genes: list[TopGene]
+    documents: list[str] = Field(default_factory=list, description="Documents the agent read, with the OCR engine.")
+    caveats: list[str] = Field(
+        default_factory=list,
+        description="What the flow knows for certain beside the findings' caveats (e.g. pages OCR found no text on).",
+    )
+    outputs: dict[str, str] = Field(default_factory=dict, description="Name -> URI of every file the run wrote.")
+    expectations: Expectations | None = Field(default=None, description="What the question predicts, fixed for the run.")
+    grounding: GroundingEvaluation | None = Field(default=None, description="The score card, computed by code.")
+    volcano_plots: dict[str, str] = Field(
+        default_factory=dict, description="Treated context -> URI of its volcano plot (also in outputs)."
+    )
+
+    @property
+    def llm_usage(self) -> list[AgentUsage]:
+        expectations = self.expectations.usage if self.expectations is not None else None
+        return [u for u in (expectations, self.plan.usage, self.findings.usage) if u is not None]
+
+
+def document_line(document: DocumentText) -> str:
+    """``protocol.pdf (pages read by text-layer: 3, lightonocr: 2)``: what the agent read, and how."""
+    engines = ", ".join(f"{engine}: {pages}" for engine, pages in document.engines.items())
+    return f"{document.uri} (pages read by {engines})"
+
+
+def top_gene_rows(summary: PredictionSummary) -> list[TopGene]:
+    """Each treated context's top genes up and down, with their DE figures and the context's reference."""
+    rows = []
+    for split in summary.splits:
+        context = {
+            "split_value": split.split_value,
+            "reference": split.reference,
+            "reference_value": split.reference_value,
+            "test": split.test,
+        }
+        for direction, changes in (("up", split.top_up), ("down", split.top_down)):
+            rows.extend(
+                TopGene(
+                    **context,
+                    direction=direction,
+                    gene=c.gene,
+                    log_fold_change=round(c.log_fold_change, 3),
+                    mean_treated=round(c.mean_treated, 3),
+                    mean_reference=round(c.mean_reference, 3),
+                    p_value=c.p_value,
+                    q_value=c.q_value,
+                    fraction_same_direction=round(c.fraction_same_direction, 3),
+                )
+                for c in changes
+            )
+    return rows
+
+
+def document_caveats(documents: list[DocumentText]) -> list[str]:
+    """``scan.pdf: no text found on page 2``: a page OCR found nothing on is said, never passed on silently."""
+    caveats = []
+    for document in documents:
+        pages = document.pages_without_text
+        if pages:
+            name = document.uri.rstrip("/").rsplit("/", 1)[-1]
+            where = f"page {pages[0]}" if len(pages) == 1 else f"pages {', '.join(map(str, pages))}"
+            caveats.append(f"{name}: no text found on {where}; the agent read nothing there")
+    return caveats
+
+
+# --- The grounding: score card, expectations, DE, enrichment --------------------------------------
