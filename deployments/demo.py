@@ -39,7 +39,10 @@ CREDENTIALS_FILE = "local-stack.env"  # under the data directory, while the stac
 def demo_request(data: Path, gene_list: Path, checkpoint: str | None) -> dict:
     """Monocytes generated in the context of B and NK cells; the planner fills in the rest."""
     body = {
-        "question": "How would CD14+ monocytes look in the context of CD19+ B cells and CD56+ NK cells?",
+        "question": (
+            "How would CD14+ monocytes look in the context of CD19+ B cells and CD56+ NK cells, "
+            "and would their antigen presentation change?"
+        ),
         "prompt_uri": data.as_uri(),
         "query_uri": data.as_uri(),
         "gene_list_uri": gene_list.as_uri(),
@@ -98,6 +101,13 @@ def report_file(storage_root: str, run_id: str) -> Path | None:
     return path if path.is_file() else None
 
 
+def report_head(markdown: str) -> str:
+    """The report's opening, as a user reads it first: the untrained warning (when there is one), the
+    question and plan, and the score card; the rest (DE tables, enrichment, plots) is in the file."""
+    head, _, _ = markdown.partition("\n## Expectations")
+    return head.rstrip()
+
+
 def print_access(stack: LocalStack, credentials: Path, show_secrets: bool) -> None:
     """Where the API and the Prefect UI are and how to log in; the secrets themselves only with --keep."""
     print(f"API:        {stack.api_url} (docs: {stack.api_url}/docs)")
@@ -129,7 +139,10 @@ def run_demo(stack: LocalStack, demo: DemoData, checkpoint: str) -> bool:
         print(f"The run ended {final['state']['name']}: {final['state']['message']}", file=sys.stderr)
         print(f"Worker log: {stack.home / 'logs' / 'worker.log'}", file=sys.stderr)
         return False
-    print(f"\nReport:  {report_file(get_settings().storage_root, run['id'])}\n         {report_url(final)}")
+    report = report_file(get_settings().storage_root, run["id"])
+    if report is not None:
+        print("\n" + report_head(report.read_text()), flush=True)
+    print(f"\nReport:  {report}\n         {report_url(final)}")
     print(f"UI:      {final['ui_url']}", flush=True)
     return True
 

@@ -168,10 +168,29 @@ def test_html_report_opens_from_its_artifact_and_runs_nothing(
     assert headings and headings[0].startswith(WARNING_HEADING), headings
     assert_question_shown_as_text(visible_text(tab), headings)
     assert markup_that_could_run(tab) == [], "the report carries script or event handlers"
-    # The plot is embedded in the page; nothing else became an image.
-    assert [i["src"][:22] for i in shown] == ["data:image/png;base64,"], shown
-    assert shown[0]["width"] > 0, "the embedded plot did not load"
+    # The plot and a volcano per context are embedded in the page; nothing else became an image.
+    assert len(shown) >= 2 and {i["src"][:22] for i in shown} == {"data:image/png;base64,"}, shown
+    assert all(i["width"] > 0 for i in shown), f"an embedded figure did not load: {shown}"
     browsing.assert_nothing_ran(tab)
+
+
+def test_html_report_shows_the_score_card_before_the_plan(
+    stack: LocalStack, forged_run: dict, browsing: Browsing
+) -> None:
+    """What a biologist reads first: every component with its score or 'not assessed', and the composite."""
+    tab = open_artifact_link(browsing, stack, forged_run, "report-html")
+    tab.get_by_text(UNTRAINED_WARNING).wait_for()
+    headings = heading_texts(tab)
+    assert headings.index("Score card") < headings.index("Plan"), headings
+
+    card = tab.locator("table").first
+    rows = {r[0]: r[1] for r in (row.split("\t") for row in card.inner_text().splitlines()[1:]) if len(r) > 1}
+    browsing.screenshot(tab, "report-html-score-card")
+    components = ["pathway coherence", "target activation", "identity preservation", "document support", "backtest"]
+    assert list(rows)[:5] == components and "composite" in rows, rows
+    assert rows["document support"] == "not assessed"  # no documents: never a number
+    assert rows["target activation"] == "not assessed"  # nothing expected of single genes
+    assert rows["identity preservation"].endswith("/ 10"), rows  # the query's own markers, from the data
 
 
 def test_api_docs_render_with_no_internet(stack: LocalStack, browsing: Browsing) -> None:
