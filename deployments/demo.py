@@ -18,7 +18,9 @@ the scheduler (the nightly canary) and waits. Ctrl-C or SIGTERM stops every proc
 from __future__ import annotations
 
 import argparse
+import html
 import os
+import re
 import secrets
 import socket
 import sys
@@ -103,9 +105,10 @@ def report_file(storage_root: str, run_id: str) -> Path | None:
 
 def report_head(markdown: str) -> str:
     """The report's opening, as a user reads it first: the untrained warning (when there is one), the
-    question and plan, and the score card; the rest (DE tables, enrichment, plots) is in the file."""
+    question and the score card; the rest (DE tables, enrichment, plots) is in the file. Shown on a
+    terminal, so markdown's escapes are undone (the file keeps them)."""
     head, _, _ = markdown.partition("\n## Expectations")
-    return head.rstrip()
+    return html.unescape(re.sub(r"\\([\\`*_{}\[\]()#+\-.!|<>~])", r"\1", head.rstrip()))
 
 
 def print_access(stack: LocalStack, credentials: Path, show_secrets: bool) -> None:

@@ -140,6 +140,11 @@ def test_demo_keep_hands_out_its_credentials_privately_and_stopping_it_stops_all
         assert runs.status_code == 404, runs.text  # the token is the API's
         assert wait_until(lambda: scheduled_canary_runs(credentials), 120, "the scheduler to plan the canary",
                           watch=[demo])
+        # The demo's own run prints the report's opening: the untrained warning first, then the score card.
+        printed = wait_until(lambda: "Report:" in (log := demo.log.read_text()) and log, DEMO_UP_S,
+                             "the demo's run to print its report", watch=[demo])
+        assert printed.index("# Untrained model") < printed.index("## Score card") < printed.index("Report:")
+        assert "| composite |" in printed and "\\(" not in printed  # a table a terminal reads: no escapes
 
         started = descendants(demo.popen.pid)  # server, worker, API and whatever they started
         assert len(started) >= 3, started
