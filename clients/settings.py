@@ -17,6 +17,7 @@ from api.settings import ApiSettings
 from clients.batch.settings import BatchSettings
 from clients.grounding_settings import GroundingSettings
 from clients.llm.settings import AgentSettings
+from clients.loop_settings import LoopSettings
 from clients.ocr.settings import OcrSettings
 from clients.storage.settings import StorageSettings
 from clients.model_settings import ModelSettings
@@ -60,6 +61,7 @@ class Settings(BaseSettings):
     agent: AgentSettings = Field(default_factory=AgentSettings)
     ocr: OcrSettings = Field(default_factory=OcrSettings)
     grounding: GroundingSettings = Field(default_factory=GroundingSettings)
+    loop: LoopSettings = Field(default_factory=LoopSettings)
     faults: FaultSettings = Field(default_factory=FaultSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
 

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from clients.loop_settings import MAX_ITERATIONS
 from inference.contract import MAX_SEED, MAX_STEPS
 
 # Bounds on what a request may name: a run reads every value, the Prefect UI lists them, and none of
@@ -93,6 +94,19 @@ class AnalysisRequest(BaseModel):
         default_factory=list,
         max_length=MAX_GENE_SET_FILES,
         description="GMT files of gene sets (MSigDB Hallmark and the like) beside the knowledge pack's GO BP.",
+    )
+    # The closed loop: rounds of plan, STACK, score, refine (unset: the settings' defaults, STACKFLOWS_LOOP__*).
+    max_iterations: int | None = Field(
+        default=None, ge=1, le=MAX_ITERATIONS, description="Most rounds (1 is a single pass); default 3."
+    )
+    score_threshold: float | None = Field(
+        default=None, ge=0, le=10, description="The loop stops once a round's composite score reaches this; default 7."
+    )
+    gpu_seconds_budget: float | None = Field(
+        default=None, gt=0, description="No round starts that would take the run's GPU-seconds past this."
+    )
+    llm_usd_budget: float | None = Field(
+        default=None, gt=0, description="No round starts that would take the run's language-model cost past this (USD)."
     )
     backtest: bool = Field(
         default=True,
