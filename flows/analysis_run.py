@@ -6,41 +6,50 @@ Read it as the run itself:
 2. read the request's documents (OCR), for the agent;
 3. fix the expectations: what the question predicts (genes, gene sets, the query's cell type), the
    yardstick the prediction is scored against; an unknown gene set or a bad GMT fails here;
-4. the agent plans which cells and contexts answer the question, and the control to compare with;
-5. STACK runs on a GPU (a subflow: submitted once, progress on the run page); the job also computes
-   the DE of every treated context against its reference, the query type's markers and the backtest;
-6. the grounding is scored by code (never by the model), the agent interprets the predictions and
-   the scores, and the report is written beside the outputs.
+4. the closed loop, a subflow per round (``flows/analysis_round.py``): the agent plans which cells,
+   contexts and control answer the question (later rounds refine the plan from the scores), STACK
+   runs on a GPU and computes the DE against the reference, the markers and the backtest, and the
+   prediction is scored by code (never by the model); the loop stops when a rule says enough;
+5. the agent interprets the best round (not the last), and the report shows every round.
 
 Every task result is persisted to storage every worker can read, so a Retry from the dashboard (or
 ``POST /runs/{id}/retry``) skips what is done: inputs are not uploaded again, the agent is not paid
-twice, the GPU job is polled, not submitted again. Cancelling the run cancels its GPU job.
+twice, a finished round is replayed, a GPU job is polled, not submitted again. Cancelling the run
+cancels the running round's GPU job; earlier rounds' outputs stay.
 """
 
 # No `from __future__ import annotations` here: Prefect validates the flow's parameters against its
 # annotations, and a flow loaded from its entrypoint (by a worker) cannot resolve them as strings.
 from prefect import flow
-from prefect.concurrency.sync import concurrency
 from prefect.context import FlowRunContext
+from tasks.loop.budget import budget_note
+from tasks.loop.stopping import before_round, best_round
 
-from clients.batch.settings import GPU_CONCURRENCY_LIMIT
+from clients.loop_settings import LoopSettings
 from clients.settings import get_settings
 from clients.storage import join_uri
+from flows.analysis_round import LoopLimits, analysis_round
 from flows.faults import fault_point
-from flows.stack_inference import cancel_gpu_jobs_of_flow_run, stack_inference
-from inference.contract import DE_FILE, PREDICTIONS_FILE
-from tasks.agent.steps import interpret, plan_run, set_expectations
-from tasks.grounding.expectations import query_type_of
-from tasks.grounding.steps import evaluate_grounding
-from tasks.model_files import resolve_model_files
+from flows.stack_inference import cancel_gpu_jobs_of_flow_run
+from tasks.agent.steps import interpret, set_expectations
+from tasks.grounding.models import Expectations
+from tasks.loop.models import STOP_WORDS, LoopDecision, LoopOutcome, RoundRecord
+from tasks.model_files import ModelFiles, resolve_model_files
 from tasks.ocr import ocr_documents
-from tasks.report import AnalysisReport, JobFigures, document_caveats, document_line, publish_report, top_gene_rows
+from tasks.report import (
+    AnalysisReport,
+    JobFigures,
+    document_caveats,
+    document_line,
+    publish_iterations,
+    publish_report,
+    round_rows,
+    top_gene_rows,
+)
 from tasks.request import AnalysisRequest, merge_obs_required
 from tasks.request_checks import check_request_uris
 from tasks.results import shared_result_storage
 from tasks.staging import StagedInput, stage_input, validate_input
-
-GPU_SLOT_LEASE_S = 60
 
 
 @flow(
@@ -65,57 +74,90 @@ def analysis_run(request: AnalysisRequest) -> AnalysisReport:
 
     documents = ocr_documents(request.documents, join_uri(run_prefix, "documents")) if request.documents else []
 
+    # The yardstick, fixed once: every round is scored against the same expectations.
     expectations = set_expectations(request, documents)
-    plan = plan_run(request, prompt, query, "\n\n".join(d.markdown() for d in documents))
-    fault_point("planned", run_id)
-    # The query's cell type: the request's, else the single value the query cells are filtered on.
-    cell_type = query_type_of(request.model_copy(update={"query_obs_filter": plan.query_obs_filter}))
-    spec = plan.to_job_spec(
-        prompt_uri=prompt.uri,
-        query_uri=query.uri,
-        # the matrices validation found the counts in: the job reads exactly these
-        prompt_matrix=prompt.facts.matrix_used,
-        query_matrix=query.facts.matrix_used,
-        counts_required=request.counts_required,
-        gene_name_column=request.gene_name_column,
-        checkpoint_uri=model.checkpoint_uri,
-        gene_list_uri=model.gene_list_uri,
-        cell_type_column=cell_type[0] if cell_type else None,
-        query_cell_type=cell_type[1] if cell_type else None,
-        backtest=request.backtest,
-        output_prefix=join_uri(run_prefix, "stack"),
-    )
-    # GPU jobs queue here instead of piling up. The slot's lease is renewed while this process lives;
-    # the shortest lease (60 s) frees the slot of a crashed run soon, instead of after Prefect's 5 min.
-    with concurrency(GPU_CONCURRENCY_LIMIT, occupy=1, lease_duration=GPU_SLOT_LEASE_S):
-        collected = stack_inference(spec)
-    fault_point("stack_inference", run_id)
+    pages = [d.markdown() for d in documents]
+    outcome = closed_loop(request, prompt, query, model, expectations, run_prefix, "\n\n".join(pages))
 
-    summary = collected.read_summary()
-    de_uri = collected.outputs[DE_FILE]
-    grounding = evaluate_grounding(expectations, summary, de_uri, request.gene_set_uris)
-    findings = interpret(plan, summary, request.question, grounding, [d.markdown() for d in documents])
+    best = outcome.best  # the run's result is its best round, not its last
+    findings = interpret(best.plan, best.summary, request.question, best.evaluation, pages)
     fault_point("interpreted", run_id)
     report = AnalysisReport(
         flow_run_id=run_id,
         question=request.question,
-        plan=plan,
-        job=JobFigures.from_manifest(collected.job_id, collected.manifest),
+        plan=best.plan,
+        job=JobFigures.from_manifest(best.job_id, best.manifest),
         findings=findings,
-        top_genes=top_gene_rows(summary),
+        top_genes=top_gene_rows(best.summary),
         documents=[document_line(d) for d in documents],
         caveats=document_caveats(documents),
         expectations=expectations,
-        grounding=grounding,
-        outputs={
-            "predictions": collected.outputs[PREDICTIONS_FILE],
-            "de": de_uri,
-            "manifest": collected.manifest_uri,
-        },
+        grounding=best.evaluation,
+        rounds=round_rows(outcome.rounds, outcome.decisions),
+        best_round=best.k,
+        stop_reason=outcome.stop_reason,
+        stop_detail=outcome.stop_detail,
+        outputs={"predictions": best.outputs["predictions"], "de": best.outputs["de"], "manifest": best.outputs["manifest"]},
     )
     return publish_report(
-        report, query.uri, report.outputs["predictions"], join_uri(run_prefix, "report"), de_uri=de_uri
+        report, query.uri, report.outputs["predictions"], join_uri(run_prefix, "report"), de_uri=best.outputs["de"]
     )
+
+
+def closed_loop(
+    request: AnalysisRequest,
+    prompt: StagedInput,
+    query: StagedInput,
+    model: ModelFiles,
+    expectations: Expectations,
+    run_prefix: str,
+    document_text: str,
+) -> LoopOutcome:
+    """Rounds until a stopping rule holds; the ``iterations`` table on the run page grows after each."""
+    limits = loop_limits(request, get_settings().loop)
+    rounds: list[RoundRecord] = []
+    decisions: dict[int, str] = {}
+    for k in range(1, limits.max_iterations + 1):
+        budget = before_round(
+            rounds, gpu_seconds_budget=limits.gpu_seconds_budget, llm_usd_budget=limits.llm_usd_budget
+        )
+        if not budget.go_on:
+            stop = budget
+            break
+        note = budget_note(rounds, limits.gpu_seconds_budget, limits.llm_usd_budget)
+        outcome = analysis_round.with_options(flow_run_name=f"round-{k}")(
+            k, request, prompt, query, model, expectations, rounds, limits, run_prefix, document_text, note
+        )
+        stop = outcome.decision
+        if outcome.record is None:  # the refiner stopped, or proposed a plan already tried
+            decisions[rounds[-1].k] = _stop_words(stop)
+            break
+        rounds.append(outcome.record)
+        decisions[k] = "go on" if stop.go_on else _stop_words(stop)
+        publish_iterations(round_rows(rounds, decisions))
+        if not stop.go_on:
+            break
+    return LoopOutcome(
+        rounds=rounds,
+        decisions=decisions,
+        best_round=best_round(rounds),
+        stop_reason=stop.reason,
+        stop_detail=stop.detail,
+    )
+
+
+def loop_limits(request: AnalysisRequest, settings: LoopSettings) -> LoopLimits:
+    """The request's loop fields, else the settings' defaults."""
+    return LoopLimits(
+        max_iterations=request.max_iterations or settings.max_iterations,
+        score_threshold=settings.score_threshold if request.score_threshold is None else request.score_threshold,
+        gpu_seconds_budget=request.gpu_seconds_budget or settings.gpu_seconds_budget,
+        llm_usd_budget=request.llm_usd_budget or settings.llm_usd_budget,
+    )
+
+
+def _stop_words(decision: LoopDecision) -> str:
+    return f"stop: {STOP_WORDS.get(decision.reason or '', decision.reason)}"
 
 
 def stage_inputs(request: AnalysisRequest, gene_list_uri: str) -> tuple[StagedInput, StagedInput]:

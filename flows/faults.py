@@ -47,6 +47,11 @@ def fault_point(step: str, run_id: str, how: Literal["configured", "crash"] = "c
     raise InjectedFault(f"injected fault after step '{step}' (STACKFLOWS_FAULTS__FAIL_ONCE_AFTER); retry the run")
 
 
+def round_step(step: str, k: int) -> str:
+    """A step's name in round ``k``: round 1 keeps the plain names; later rounds add ``@k`` (``planned@2``)."""
+    return step if k == 1 else f"{step}@{k}"
+
+
 def _pick(run_id: str, salt: str) -> int:
     """A number fixed by the run id: the same run meets the same fault on every worker."""
     return int(hashlib.sha256(f"{salt}:{run_id}".encode()).hexdigest()[:8], 16)

@@ -20,7 +20,7 @@ from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext
 
 from clients.batch import BatchJobRequest
-from flows.faults import fault_point
+from flows.faults import fault_point, round_step
 from inference.contract import StackJobSpec
 from tasks.gpu_job import (
     CollectedOutputs,
@@ -66,12 +66,12 @@ def _log(message: str) -> None:
     on_cancellation=[cancel_gpu_jobs_of_flow_run],
     on_failure=[cancel_gpu_jobs_of_flow_run],
 )
-def stack_inference(spec: StackJobSpec) -> CollectedOutputs:
-    """Run STACK on a GPU for ``spec`` and return its verified outputs."""
+def stack_inference(spec: StackJobSpec, round_number: int = 1) -> CollectedOutputs:
+    """Run STACK on a GPU for ``spec`` and return its verified outputs (``round_number``: the loop's round)."""
     run_id = root_flow_run_id(FlowRunContext.get().flow_run)
     job_id = choose_job_id(job_base_id(run_id, spec.content_hash()))
     request = BatchJobRequest.for_stack_job(spec_for_job(spec, job_id), labels=job_labels(run_id, spec))
     job = submit_task_for_settings()(request, job_id)
-    fault_point("submitted", run_id, how="crash")
+    fault_point(round_step("submitted", round_number), run_id, how="crash")
     wait_for_gpu_job(job)
     return collect_gpu_job_outputs(job)

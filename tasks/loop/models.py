@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from inference.contract import PredictionSummary
+from inference.contract import JobManifest, PredictionSummary
 from tasks.agent.plan import AgentUsage, RunPlan
 from tasks.grounding.models import GroundingEvaluation
 
@@ -49,6 +49,7 @@ class RoundRecord(BaseModel):
     llm_usd: float = Field(default=0.0, ge=0, description="What planning this round cost (USD, estimated).")
     summary: PredictionSummary
     evaluation: GroundingEvaluation
+    manifest: JobManifest | None = Field(default=None, description="The job's manifest (the report's job figures).")
 
     @property
     def composite(self) -> int | None:
@@ -67,6 +68,7 @@ class LoopOutcome(BaseModel):
     """The whole loop: every round, the best one (the run's result) and why it ended."""
 
     rounds: list[RoundRecord]
+    decisions: dict[int, str] = Field(default_factory=dict, description="k -> what was decided after round k.")
     best_round: int = Field(description="k of the round with the highest composite (the earliest on ties; round 1 when none scored).")
     stop_reason: StopReason
     stop_detail: str = ""
