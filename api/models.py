@@ -24,6 +24,16 @@ class Progress(BaseModel):
     updated: datetime | None = None
 
 
+class LoopView(BaseModel):
+    """Where the closed loop stands, from the run's ``iterations`` table (updated after every round)."""
+
+    rounds_done: int = Field(ge=0, description="Rounds scored so far.")
+    current_round: int | None = Field(default=None, description="The round running now; None once the loop ended.")
+    best_round: int | None = Field(default=None, description="The round with the best composite so far.")
+    best_score: int | None = Field(default=None, description="That round's composite (0-10); None when none scored.")
+    last_decision: str | None = None
+
+
 class ArtifactLink(BaseModel):
     """One artifact of the run or its subflows: the report, tables, plots, links to outputs."""
 
@@ -52,6 +62,7 @@ class RunView(BaseModel):
     start_time: datetime | None = None
     end_time: datetime | None = None
     progress: Progress | None = None
+    loop: LoopView | None = Field(default=None, description="The closed loop's rounds, once one has been scored.")
     artifacts: list[ArtifactLink] = Field(default_factory=list)
 
 

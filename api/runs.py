@@ -6,6 +6,7 @@ exceptions below to status codes.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable
@@ -33,7 +34,7 @@ from prefect.states import AwaitingRetry, Cancelled, Cancelling, Scheduled, to_s
 from pydantic import TypeAdapter
 
 from api.idempotency import default_keys, request_digest, same_request
-from api.models import ArtifactLink, Progress, RunState, RunView
+from api.models import ArtifactLink, LoopView, Progress, RunState, RunView
 from clients.settings import get_settings
 from tasks.request import AnalysisRequest
 
@@ -61,6 +62,7 @@ class Triggered:
 
 
 FINAL_STATES = {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
+ITERATIONS_KEY = "iterations"  # the table artifact the flow updates after every round
 MAX_LISTED = 200  # subflows and artifacts read per run: a run makes a handful
 NOT_STARTED = {StateType.SCHEDULED, StateType.PAUSED}
 
@@ -202,6 +204,36 @@ def _link_of(artifact: Artifact) -> str | None:
     return None if artifact.type == "markdown" else artifact.data
 
 
+def loop_view(run: FlowRun, artifacts: list[Artifact]) -> LoopView | None:
+    """The loop's state from the latest ``iterations`` table: rounds, the best so far, the one running."""
+    tables = [a for a in artifacts if a.key == ITERATIONS_KEY and a.data]
+    if not tables:
+        return None
+    latest = max(tables, key=lambda a: a.updated or a.created)
+    try:
+        rows = json.loads(latest.data) if isinstance(latest.data, str) else latest.data
+        rounds = [(int(row["round"]), _int_or_none(row.get("composite")), str(row.get("decision") or "")) for row in rows]
+    except (TypeError, ValueError, KeyError):
+        return None  # not our table's shape: show the run without it
+    if not rounds:
+        return None
+    scored = [(score, -k) for k, score, _ in rounds if score is not None]
+    best = max(scored, default=None)
+    last_k, _, last_decision = max(rounds)
+    running = run.state is not None and run.state.type.value == "RUNNING" and not last_decision.startswith("stop")
+    return LoopView(
+        rounds_done=len(rounds),
+        current_round=last_k + 1 if running else None,
+        best_round=-best[1] if best else None,
+        best_score=best[0] if best else None,
+        last_decision=last_decision or None,
+    )
+
+
+def _int_or_none(value: object) -> int | None:
+    return None if value in (None, "", "not assessed") else int(float(value))
+
+
 def view(
     run: FlowRun, ui_url: str, artifacts: list[Artifact] = (), browser_url: Callable[[str], str | None] = lambda _: None
 ) -> RunView:
@@ -224,6 +256,7 @@ def view(
         created=run.created,
         start_time=run.start_time,
         end_time=run.end_time,
+        loop=loop_view(run, artifacts),
         progress=Progress(
             percent=min(100.0, max(0.0, float(latest.data))),
             key=latest.key,
