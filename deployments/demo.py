@@ -51,6 +51,8 @@ def demo_request(data: Path, gene_list: Path, checkpoint: str | None) -> dict:
         "split_column": "bulk_labels",
         "query_obs_filter": {"bulk_labels": ["CD14+ Monocyte"]},
         "num_steps": 4,
+        # Two rounds of the closed loop: the untrained model will not meet the score threshold.
+        "max_iterations": 2,
     }
     if checkpoint:
         body["checkpoint_uri"] = checkpoint
@@ -103,6 +105,20 @@ def report_file(storage_root: str, run_id: str) -> Path | None:
     return path if path.is_file() else None
 
 
+def loop_line(loop: dict | None) -> str:
+    """``Rounds: 2; best: round 1 (composite 3 of 10)...``: what the closed loop did, in one line."""
+    if not loop:
+        return "Rounds: none scored"
+    best = loop.get("best_round")
+    score = "not scored" if loop.get("best_score") is None else f"composite {loop['best_score']} of 10"
+    threshold = get_settings().loop.score_threshold
+    met = loop.get("best_score") is not None and loop["best_score"] >= threshold
+    return (
+        f"Rounds: {loop['rounds_done']}; best: round {best} ({score}; threshold {threshold:g} "
+        f"{'met' if met else 'not met'}); {loop.get('last_decision') or ''}"
+    )
+
+
 def report_head(markdown: str) -> str:
     """The report's opening, as a user reads it first: the untrained warning (when there is one), the
     question and the score card; the rest (DE tables, enrichment, plots) is in the file. Shown on a
@@ -142,6 +158,7 @@ def run_demo(stack: LocalStack, demo: DemoData, checkpoint: str) -> bool:
         print(f"The run ended {final['state']['name']}: {final['state']['message']}", file=sys.stderr)
         print(f"Worker log: {stack.home / 'logs' / 'worker.log'}", file=sys.stderr)
         return False
+    print(loop_line(final.get("loop")), flush=True)
     report = report_file(get_settings().storage_root, run["id"])
     if report is not None:
         print("\n" + report_head(report.read_text()), flush=True)
