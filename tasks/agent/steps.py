@@ -1,4 +1,5 @@
-"""The agent's steps as Prefect tasks: plan the run, set its expectations, interpret its predictions.
+"""The agent's steps as Prefect tasks: plan the run (or a round of the loop), set its expectations,
+interpret its predictions.
 
 Each step is a task whose result is persisted under a cache key made from its inputs and the
 agent settings that shape the answer, so a retried flow run reads the earlier plan or findings
@@ -37,8 +38,10 @@ from tasks.agent.offline_planner import offline_plan
 from tasks.agent.plan import Findings, RunPlan
 from tasks.agent.plan_checks import PlanInvalid, check_plan, check_request
 from tasks.agent.plan_data import PlanData
+from tasks.agent.refine import refine_with_claude
 from tasks.grounding.models import Expectations, GroundingEvaluation
 from tasks.grounding.pack import KnowledgePack
+from tasks.loop.models import RefinedPlan, RoundRecord
 from tasks.staging import StagedInput
 
 API_KEY_ENV = "ANTHROPIC_API_KEY"
@@ -151,10 +154,60 @@ def plan_run(
     read from the request's documents. The request's explicit plan fields are checked first and
     always win; a plan that does not fit the data fails here, before any GPU job.
     """
+    settings = get_settings().agent
+    data = PlanData.from_inputs(prompt, query)
+    check_request(request, data, settings)
+    return _first_plan(request, data, document_text, settings)
+
+
+@task(name="plan-round", persist_result=True, cache_key_fn=_agent_cache_key)
+def plan_round(
+    request: AnalysisRequest,
+    prompt: StagedInput | str,
+    query: StagedInput | str,
+    document_text: str,
+    history: list[RoundRecord],
+    budget_note: str = "",
+) -> RefinedPlan:
+    """The next round's plan, or a reason to stop, from the rounds so far (``history``, in order).
+
+    Round 1 (no history) is planned exactly as :func:`plan_run` plans a run. Later rounds: Claude reads
+    the earlier rounds' plans, scores, DE and caveats and the ``budget_note`` (what is left), and
+    proposes a plan or stops; without a key the offline refiner takes the next untried candidate. The
+    result is persisted under a key over every parameter, so a retried run with the same history
+    reads it back instead of asking again. A plan equal to a tried one is returned as it is: the
+    loop's stopping rule names it.
+    """
     logger = get_run_logger()
     settings = get_settings().agent
     data = PlanData.from_inputs(prompt, query)
     check_request(request, data, settings)
+    if not history:
+        plan = _first_plan(request, data, document_text, settings)
+        return RefinedPlan(plan=plan, planned_by=plan.planned_by, usage=plan.usage)
+    key = anthropic_api_key(settings)
+    if key is None:
+        from tasks.agent.offline_refiner import next_offline_plan
+
+        logger.info("No %s: the offline refiner plans round %d", API_KEY_ENV, len(history) + 1)
+        refined = next_offline_plan(request, data, [r.plan for r in history], settings)
+    else:
+        logger.info("Refining with %s after %d rounds", settings.model, len(history))
+        with ClaudeClient(settings, api_key=key) as client:
+            try:
+                refined = refine_with_claude(client, request, data, history, document_text, budget_note)
+            finally:
+                logger.info("Refinement used %s", client.usage.line())
+    if refined.plan is None:  # the reason is the planner's words: the report shows it, the logs do not
+        logger.info("%s stops the loop after round %d", refined.planned_by, len(history))
+        return refined
+    _check_and_log(refined.plan, data, settings)
+    return refined
+
+
+def _first_plan(request: AnalysisRequest, data: PlanData, document_text: str, settings: AgentSettings) -> RunPlan:
+    """The run's (or round 1's) plan: Claude with a key, else the offline planner; checked against ``data``."""
+    logger = get_run_logger()
     key = anthropic_api_key(settings)
     if key is None:
         logger.info("No %s: the offline planner plans this run", API_KEY_ENV)
@@ -166,10 +219,15 @@ def plan_run(
                 plan = plan_with_claude(client, request, data, document_text)
             finally:  # what was spent is worth knowing, plan or no plan
                 logger.info("Planning used %s", client.usage.line())
+    _check_and_log(plan, data, settings)
+    return plan
+
+
+def _check_and_log(plan: RunPlan, data: PlanData, settings: AgentSettings) -> None:
     problems = check_plan(plan, data, settings)
     if problems:  # the planners check their own plans; this guards the contract
         raise PlanInvalid(f"The plan by {plan.planned_by} does not fit the data:", problems)
-    logger.info(
+    get_run_logger().info(
         "Plan by %s: %d contexts of %r, %d prompt and %d query cells, %d steps",
         plan.planned_by,
         len(plan.split_values),
@@ -178,7 +236,6 @@ def plan_run(
         data.query.count(plan.query_obs_filter),
         plan.num_steps,
     )
-    return plan
 
 
 @task(name=EXPECTATIONS_TASK, persist_result=True, cache_key_fn=_agent_cache_key)

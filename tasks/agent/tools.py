@@ -127,3 +127,23 @@ def _unknown_column(data: PlanData, which: str, column: str) -> str:
 
 def _json(value: Any) -> str:
     return json.dumps(value, default=str)
+
+
+STOP_LOOP = "stop_loop"
+# Refinement offers the planning tools and one more: stopping the loop instead of planning a round.
+REFINE_TOOLS: list[dict[str, Any]] = [
+    *TOOLS,
+    {
+        "name": STOP_LOOP,
+        "description": (
+            "Stop the loop instead of planning another round: no untried plan is likely to ground the prediction "
+            "better, or the budget left is better kept. Give the reason in a sentence or two; the report shows it."
+        ),
+        "input_schema": {
+            "type": "object",
+            "properties": {"reason": {"type": "string", "minLength": 1, "maxLength": 1000}},
+            "required": ["reason"],
+            "additionalProperties": False,
+        },
+    },
+]
