@@ -7,7 +7,7 @@ mean down, as it should (it is what the loop actually spent per round).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from tasks.loop.models import RoundRecord
 
@@ -26,22 +26,31 @@ def next_round_estimate(rounds: Sequence[RoundRecord]) -> tuple[float, float]:
 
 
 def budget_note(rounds: Sequence[RoundRecord], gpu_budget: float | None, usd_budget: float | None) -> str:
-    """One line for the refiner: what was spent, what is left, what a round costs."""
+    """One line for the refiner: what was spent, what is left, what a round costs.
+
+    'Budget after 2 rounds: GPU 120 of 150 GPU-seconds spent, 30 left (a round takes about 60: the
+    next may not fit); language model $0.04 spent, no limit (a round takes about $0.02).'
+    """
     gpu, usd = spent(rounds)
     gpu_next, usd_next = next_round_estimate(rounds)
     n = len(rounds)
-    parts = [
-        _part(f"{seconds(gpu)} GPU-seconds", gpu_budget, gpu, f"{seconds(gpu_next)} GPU-seconds", seconds),
-        _part(f"{dollars(usd)} of language model", usd_budget, usd, dollars(usd_next), dollars),
-    ]
-    return f"Spent over {n} round{'s' if n != 1 else ''}: " + "; ".join(parts) + "."
+    gpu_part = _part(gpu, gpu_next, gpu_budget, seconds, " GPU-seconds", bool(rounds))
+    usd_part = _part(usd, usd_next, usd_budget, dollars, "", bool(rounds))
+    return f"Budget after {n} round{'s' if n != 1 else ''}: GPU {gpu_part}; language model {usd_part}."
 
 
-def _part(spent_text: str, budget: float | None, used: float, per_round: str, fmt) -> str:
+def _part(
+    used: float, per_round: float, budget: float | None, fmt: Callable[[float], str], unit: str, estimated: bool
+) -> str:
+    text = f"{fmt(used)}" + (f" of {fmt(budget)}" if budget is not None else "") + f"{unit} spent"
     if budget is None:
-        return f"{spent_text} (no budget; about {per_round} a round)"
-    left = max(budget - used, 0.0)
-    return f"{spent_text} of {fmt(budget)} ({fmt(left)} left; about {per_round} a round)"
+        text += ", no limit"
+    else:
+        text += f", {fmt(max(budget - used, 0.0))} left"
+    if estimated:
+        fits = "" if budget is None or used + per_round <= budget else ": the next may not fit"
+        text += f" (a round takes about {fmt(per_round)}{fits})"
+    return text
 
 
 def seconds(value: float) -> str:

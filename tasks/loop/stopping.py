@@ -12,7 +12,13 @@ from collections.abc import Sequence
 
 from clients.loop_settings import LoopSettings
 from tasks.loop.budget import dollars, next_round_estimate, seconds, spent
-from tasks.loop.models import LoopDecision, RefinedPlan, RoundRecord, plan_identity
+from tasks.loop.models import (
+    LoopDecision,
+    RefinedPlan,
+    RoundRecord,
+    StopReason,
+    plan_identity,
+)
 
 NOT_ASSESSABLE_ROUNDS = 2  # rounds without a composite that end the loop
 
@@ -115,7 +121,7 @@ def _best_composite(rounds: Sequence[RoundRecord]) -> float | None:
     return max(scores) if scores else None
 
 
-def _stop(reason, detail: str) -> LoopDecision:
+def _stop(reason: StopReason, detail: str) -> LoopDecision:
     return LoopDecision(go_on=False, reason=reason, detail=detail)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from clients.loop_settings import LoopSettings
+from tasks.loop.budget import budget_note
 from tasks.loop.models import RefinedPlan
 from tasks.loop.stopping import after_round, before_round, best_round, on_refined
 from tests.loop.records import record, run_plan
@@ -154,3 +155,17 @@ def test_best_round_is_the_highest_composite_earliest_on_ties() -> None:
 def test_best_round_ranks_unscored_rounds_lowest() -> None:
     assert best_round([record(1, None), record(2, 0), record(3, None)]) == 2
     assert best_round([record(1, None), record(2, None)]) == 1
+
+
+def test_budget_note_says_what_is_left_and_whether_a_round_fits() -> None:
+    rounds = [record(1, 3, gpu_seconds=60, llm_usd=0.03), record(2, 4, gpu_seconds=60, llm_usd=0.01)]
+
+    note = budget_note(rounds, 150, None)
+
+    assert note == (
+        "Budget after 2 rounds: GPU 120 of 150 GPU-seconds spent, 30 left (a round takes about 60: the next may "
+        "not fit); language model $0.04 spent, no limit (a round takes about $0.02)."
+    )
+    assert budget_note([], None, 1.0) == (
+        "Budget after 0 rounds: GPU 0 GPU-seconds spent, no limit; language model $0.00 of $1.00 spent, $1.00 left."
+    )
