@@ -1,4 +1,5 @@
-"""The grounding's figures: a volcano plot per treated context and a bar chart of the top gene sets.
+"""The grounding's figures: a volcano plot per treated context, a bar chart of the top gene sets, and
+the scores across the closed loop's rounds.
 
 Both are drawn from the figures a reviewer can recompute (the job's ``de.parquet`` and the
 evaluation's enrichment rows), never from anything a model said. Each returns PNG bytes, so the
@@ -8,7 +9,8 @@ report can store them beside itself and embed the same bytes in its HTML.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Protocol, get_args
 
 import matplotlib
 
@@ -18,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from inference.contract import DE_Q_THRESHOLD
-from tasks.grounding.models import EnrichmentRow
+from tasks.grounding.models import ComponentName, EnrichmentRow
 from tasks.report_text import plain
 
 # -log10 of a q of 0 is infinite; a q this small is drawn at the plot's top instead.
@@ -92,4 +94,47 @@ def enrichment_bar_png(rows: Sequence[EnrichmentRow], *, top: int = 15, q_thresh
     ax.axvline(-np.log10(q_threshold), color="black", linewidth=0.8, linestyle="--")
     ax.set_xlabel("-log10 q (BH across sets)   * expected set")
     ax.set_title("top gene sets", fontsize=9)
+    return _png(fig)
+
+
+class ScoredRound(Protocol):
+    """What the trajectory reads of a round (``tasks.report.RoundRow`` has it)."""
+
+    k: int
+    components: Mapping[str, float | None]
+    composite: float | None
+
+
+def trajectory_series(rows: Sequence[ScoredRound]) -> dict[str, np.ndarray]:
+    """Each score across rounds, the components any round assessed then ``composite``: a round a score
+    was not assessed in is NaN, which matplotlib leaves as a gap (never drawn as a 0)."""
+
+    def values(scores: Iterable[float | None]) -> np.ndarray:
+        return np.array([np.nan if v is None else float(v) for v in scores], dtype=float)
+
+    series = {name: values(r.components.get(name) for r in rows) for name in get_args(ComponentName)}
+    series = {name: v for name, v in series.items() if not np.isnan(v).all()}
+    series["composite"] = values(r.composite for r in rows)
+    return series
+
+
+def trajectory_png(rows: Sequence[ScoredRound], *, best_round: int | None = None) -> bytes:
+    """The composite (bold) and each component (thin) across rounds, 0-10; a round a score could
+    not be assessed in is a gap in its line (markers show a lone point), and the best round is marked."""
+    ks = [r.k for r in rows]
+    fig, ax = plt.subplots(figsize=(6.0, 3.8))
+    for name, values in trajectory_series(rows).items():
+        if name == "composite":
+            ax.plot(ks, values, marker="o", markersize=6, linewidth=2.5, color="black", label="composite", zorder=1)
+        else:
+            ax.plot(ks, values, marker="o", markersize=3, linewidth=1, alpha=0.8, label=name.replace("_", " "), zorder=2)
+    if best_round in ks:
+        ax.axvline(best_round, color="#27ae60", linewidth=1, linestyle=":", label=f"best round ({best_round})")
+    ax.set_xticks(ks)
+    ax.set_xlim(min(ks, default=1) - 0.3, max(ks, default=1) + 0.3)
+    ax.set_ylim(0, 10.3)
+    ax.set_xlabel("round")
+    ax.set_ylabel("score (0-10)")
+    ax.set_title("scores across rounds (a gap: not assessed)", fontsize=9)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return _png(fig)

@@ -38,6 +38,11 @@ def _num(value: float | None, spec: str) -> str:
     return "" if value is None else format(value, spec)
 
 
+def in_round(report: AnalysisReport) -> str:
+    """`` (round 2)`` after a heading when the loop ran more than one round: what follows is that round's."""
+    return f" (round {report.shown_round})" if report.shown_round is not None else ""
+
+
 def score_text(score: float | None) -> str:
     """``7.5 / 10``, or ``not assessed``: an unassessed score is never shown as a number."""
     return NOT_ASSESSED if score is None else f"{score:.1f} / 10"
@@ -166,10 +171,11 @@ def report_caveats(report: AnalysisReport) -> list[str]:
     return unique
 
 
-def score_card_markdown(evaluation: GroundingEvaluation) -> str:
+def score_card_markdown(evaluation: GroundingEvaluation, round_k: int | None = None) -> str:
+    """The score card; ``round_k``: the round it is from, named in its heading when the loop ran several."""
     weights = ", ".join(f"{md_inline(_label(name))} {weight:g}" for name, weight in evaluation.weights.items())
     return "\n".join([
-        "## Score card",
+        "## Score card" + (f" (round {round_k})" if round_k is not None else ""),
         "",
         "Each score is 0-10, computed by code from the DE and the expectations (never by a language model); "
         "a component that could not be assessed says why and gets no number.",
@@ -245,7 +251,7 @@ def de_sections(report: AnalysisReport, url_for: Callable[[str], str | None]) ->
     if not contexts:
         return []
     sections = [Section("de", "\n".join([
-        "## Differential expression",
+        f"## Differential expression{in_round(report)}",
         "",
         "Each treated context's predictions against its reference, on log1p-CPM: LFC is the log fold change, "
         f"q is Benjamini-Hochberg across the genes tested in the context (significant: q below {DE_Q_THRESHOLD:g}), "
@@ -280,7 +286,7 @@ def enrichment_sections(report: AnalysisReport, url_for: Callable[[str], str | N
     if evaluation is None:
         return []
     lines = [
-        "## Enrichment",
+        f"## Enrichment{in_round(report)}",
         "",
         "Over-representation of each gene set among a context's up or down DE genes, against the background of "
         "genes both the model and the input have; q is Benjamini-Hochberg across the sets tested for that "

@@ -11,6 +11,8 @@ from tasks.grounding.models import (
     Expectations,
     GroundingEvaluation,
 )
+from tasks.loop.models import STOP_WORDS, RoundRecord
+from tasks.loop.table import describe_filter
 
 
 class JobFigures(BaseModel):
@@ -67,6 +69,66 @@ class TopGene(BaseModel):
     test: str = ""
 
 
+class RoundRow(BaseModel):
+    """One round of the closed loop as the report and the ``iterations`` artifact show it.
+
+    Plain figures and the data's text (escaped where shown); a component the round could not assess
+    is None, never a number.
+    """
+
+    k: int = Field(ge=1)
+    planned_by: str
+    split_column: str = ""
+    contexts: list[str] = Field(default_factory=list)
+    control: str | None = None
+    prompt_cells: str = Field(default="all", description="The prompt cells' filter, in words.")
+    query_cells: str = Field(default="all", description="The query cells' filter, in words.")
+    query_cell_count: int | None = Field(default=None, description="Query cells the job generated from.")
+    steps: int
+    job_id: str
+    reused_job_of: int | None = Field(default=None, description="The earlier round whose job this round reused.")
+    gpu_seconds: float = 0.0
+    components: dict[str, float | None] = Field(default_factory=dict, description="Component -> 0-10 score, None: not assessed.")
+    composite: int | None = None
+    decision: str = Field(default="", description="tasks.loop.table.decision_text: 'go on' or 'stop: ...'.")
+
+    @classmethod
+    def from_record(cls, record: RoundRecord, decision: str = "") -> RoundRow:
+        plan = record.plan
+        return cls(
+            k=record.k,
+            planned_by=plan.planned_by,
+            split_column=plan.split_column,
+            contexts=list(plan.split_values),
+            control=plan.control_value,
+            prompt_cells=describe_filter(plan.prompt_obs_filter),
+            query_cells=describe_filter(plan.query_obs_filter),
+            query_cell_count=record.summary.query_cells,
+            steps=plan.num_steps,
+            job_id=record.job_id,
+            reused_job_of=record.reused_job_of,
+            gpu_seconds=record.gpu_seconds,
+            components={c.name: c.score for c in record.evaluation.components},
+            composite=record.evaluation.composite,
+            decision=decision,
+        )
+
+
+def round_rows(records: list[RoundRecord], decisions: dict[int, str] | None = None) -> list[RoundRow]:
+    """A row per round, in round order; ``decisions``: round -> what was decided after it
+    (``tasks.loop.table.decision_text``; '' while undecided)."""
+    decisions = decisions or {}
+    return [RoundRow.from_record(r, decisions.get(r.k, "")) for r in sorted(records, key=lambda r: r.k)]
+
+
+def stop_text(reason: str | None, detail: str = "") -> str:
+    """Why the loop ended, in words (``STOP_WORDS``), with its detail; '' when no reason is known."""
+    if reason is None:
+        return ""
+    words = STOP_WORDS.get(reason, reason)
+    return f"{words} ({detail})" if detail else words
+
+
 class AnalysisReport(BaseModel):
     """What an analysis run returns and persists beside its outputs."""
 
@@ -87,6 +149,17 @@ class AnalysisReport(BaseModel):
     volcano_plots: dict[str, str] = Field(
         default_factory=dict, description="Treated context -> URI of its volcano plot (also in outputs)."
     )
+    # The closed loop: every round, the one the rest of the report shows (its plan, job, DE and
+    # score card), and why the loop ended. Empty for a report from before the loop.
+    rounds: list[RoundRow] = Field(default_factory=list, description="A row per round, in order.")
+    best_round: int | None = Field(default=None, description="k of the round the report shows: the run's result.")
+    stop_reason: str | None = Field(default=None, description="A StopReason (tasks/loop/models.py).")
+    stop_detail: str = ""
+
+    @property
+    def shown_round(self) -> int | None:
+        """The round the score card, DE, enrichment, plan and job are from, when there was more than one."""
+        return self.best_round if len(self.rounds) > 1 else None
 
     @property
     def llm_usage(self) -> list[AgentUsage]:

@@ -19,7 +19,7 @@ from prefect.logging import get_run_logger
 from clients.output_links import output_url
 from clients.storage import join_uri, store_for
 from tasks.grounding.de_table import read_de_table
-from tasks.grounding.plots import enrichment_bar_png, volcano_png
+from tasks.grounding.plots import enrichment_bar_png, trajectory_png, volcano_png
 from tasks.prediction_plot import plot_predictions_vs_query
 from tasks.report.grounding_sections import (
     de_gene_rows,
@@ -27,8 +27,9 @@ from tasks.report.grounding_sections import (
     report_caveats,
     score_card_rows,
 )
-from tasks.report.model import AnalysisReport
+from tasks.report.model import AnalysisReport, RoundRow
 from tasks.report.render import render_html, render_markdown
+from tasks.report.rounds import TRAJECTORY, iteration_artifact_rows
 from tasks.report_text import (
     md_inline,
     plain_data,
@@ -52,7 +53,8 @@ def _output_link_artifact(uri: str, text: str, key: str) -> None:
 
 def grounding_figures(report: AnalysisReport, de: pd.DataFrame | None) -> dict[str, tuple[str, str | None, bytes]]:
     """The grounding's PNGs as ``output name -> (file name, context or None, bytes)``: a volcano per
-    context of the DE table (files numbered: a context's name is the data's text), and the top sets' bar chart."""
+    context of the DE table (files numbered: a context's name is the data's text), the top sets' bar chart,
+    and with several rounds the scores across them."""
     figures: dict[str, tuple[str, str | None, bytes]] = {}
     if de is not None and len(de):
         genes = report.expectations.genes if report.expectations else []
@@ -65,12 +67,25 @@ def grounding_figures(report: AnalysisReport, de: pd.DataFrame | None) -> dict[s
             figures[f"volcano_{index}"] = (f"volcano_{index}.png", context, png)
     if report.grounding is not None and report.grounding.enrichment:
         figures["enrichment_plot"] = ("enrichment_top_sets.png", None, enrichment_bar_png(report.grounding.enrichment))
+    if len(report.rounds) > 1:
+        figures[TRAJECTORY] = ("score_trajectory.png", None, trajectory_png(report.rounds, best_round=report.best_round))
     return figures
 
 
 def _escaped(rows: list[dict[str, str]]) -> list[dict[str, str]]:
     """Table artifact rows: the UI renders every cell as markdown, and cells hold the data's text."""
     return [{key: md_inline(value) for key, value in row.items()} for row in rows]
+
+
+def publish_iterations(rows: list[RoundRow]) -> None:
+    """The ``iterations`` table on the run page, a row per round so far: the flow calls it after every
+    round, so a user watching the run sees the loop move (each call is a new version under the key;
+    ``GET /runs/{id}`` reads the latest one's round, composite and decision)."""
+    create_table_artifact(
+        iteration_artifact_rows(rows),
+        key="iterations",
+        description=f"Rounds of the closed loop so far: {len(rows)}",
+    )
 
 
 @task(name="publish-report", cache_policy=INPUTS, persist_result=True)
@@ -80,6 +95,8 @@ def publish_report(
     """Plot, write the report files beside the outputs, and show the report on the run page.
 
     ``de_uri``: the job's DE table; with it, a volcano plot per context is drawn and written too.
+    With several rounds, ``report`` holds the best round's plan, job, summary, evaluation (and
+    ``de_uri`` is its DE table) plus a row per round; the scores across rounds are drawn beside it.
     """
     logger = get_run_logger()
     store = store_for(report_prefix)

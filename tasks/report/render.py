@@ -12,10 +12,13 @@ from tasks.report.grounding_sections import (
     enrichment_sections,
     expectations_markdown,
     figure_section,
+    in_round,
     report_caveats,
     score_card_markdown,
 )
+from tasks.loop.table import describe_filter
 from tasks.report.model import AnalysisReport
+from tasks.report.rounds import rounds_sections
 from tasks.report_text import (
     md_inline,
     md_output,
@@ -28,12 +31,6 @@ from tasks.report_text import (
 
 def no_url(uri: str) -> str | None:
     return None
-
-
-def _filter_text(obs_filter: dict[str, list[str]] | None) -> str:
-    if not obs_filter:
-        return "all"
-    return "; ".join(f"{column} in {', '.join(values)}" for column, values in obs_filter.items())
 
 
 def ordered_sections(report: AnalysisReport, url_for: Callable[[str], str | None] = no_url) -> list[Section]:
@@ -49,22 +46,23 @@ def ordered_sections(report: AnalysisReport, url_for: Callable[[str], str | None
         ])))  # fmt: skip
     sections.append(Section("question", f"# Analysis report\n\n## Question\n\n{md_quote(report.question)}"))
     if report.grounding is not None:
-        sections.append(Section("score_card", score_card_markdown(report.grounding)))
+        sections.append(Section("score_card", score_card_markdown(report.grounding, report.shown_round)))
+    sections += rounds_sections(report, url_for)
     if report.expectations is not None:
         sections.append(Section("expectations", expectations_markdown(report.expectations)))
     sections += de_sections(report, url_for)
     sections += enrichment_sections(report, url_for)
     sections.append(Section("plan", "\n".join([
-        "## Plan",
+        f"## Plan{in_round(report)}",
         f"- planned by: {md_inline(plan.planned_by)}",
         f"- contexts: {md_inline(plan.split_column)} = {md_inline(', '.join(plan.split_values))}",
-        f"- prompt cells: {md_inline(_filter_text(plan.prompt_obs_filter))}",
-        f"- query cells: {md_inline(_filter_text(plan.query_obs_filter))}",
+        f"- prompt cells: {md_inline(describe_filter(plan.prompt_obs_filter))}",
+        f"- query cells: {md_inline(describe_filter(plan.query_obs_filter))}",
         f"- steps: {plan.num_steps}, seed: {plan.seed}, precision: {plan.precision}",
         f"- why: {md_inline(plan.rationale)}",
     ])))  # fmt: skip
     sections.append(Section("job", "\n".join([
-        "## GPU job",
+        f"## GPU job{in_round(report)}",
         f"- job id: {md_inline(job.job_id)} on {md_inline(job.device)} ({job.precision})",
         f"- predictions: {job.predictions_shape[0]} cells x {job.predictions_shape[1]} genes",
         f"- wall time: {job.wall_seconds:.1f} s, GPU-seconds: {job.gpu_seconds:.1f}, "
@@ -77,7 +75,7 @@ def ordered_sections(report: AnalysisReport, url_for: Callable[[str], str | None
     if caveats:
         sections.append(Section("caveats", "\n".join(["## Caveats", *[f"- {md_inline(c)}" for c in caveats]])))
     if "plot" in report.outputs:
-        heading = "## Query input vs predictions"
+        heading = f"## Query input vs predictions{in_round(report)}"
         sections.append(figure_section("plot", heading, "query input vs predictions", report.outputs["plot"], url_for))
     usage = report.llm_usage
     if usage:
@@ -102,7 +100,8 @@ def report_sections(report: AnalysisReport, url_for: Callable[[str], str | None]
     Our own markdown shapes the page; everything a user, the data or a model wrote goes through
     :mod:`tasks.report_text`. An untrained model's warning is the first heading: nothing written by
     anyone else comes before it or can look like it. The score card, expectations, DE and
-    enrichment follow the question: they are what the run found, by code.
+    enrichment follow the question: they are what the run found, by code. With several rounds of the
+    closed loop, the Rounds table follows the score card, and what comes after is the best round's.
     """
     return [(s.name, s.markdown) for s in ordered_sections(report, url_for)]
 
