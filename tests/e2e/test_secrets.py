@@ -44,6 +44,7 @@ def test_no_key_or_token_in_logs_artifacts_parameters_or_reports(
     stack: tuple[LocalStack, Inputs], agent_api: FakeMessagesAPI
 ) -> None:
     local, inputs = stack
+    agent_api.reply([tool_use("submit_expectations", {"genes_up": ["CD14"]})])
     agent_api.reply([tool_use("submit_plan", PLAN)])
     agent_api.reply([text("Monocytes under a B-cell context: see the table.")])
     h5ad = inputs.h5ad.as_uri()
@@ -60,7 +61,7 @@ def test_no_key_or_token_in_logs_artifacts_parameters_or_reports(
         r.headers.get("x-api-key") or r.headers.get("authorization", "").removeprefix("Bearer ")
         for r in agent_api.requests
     ]
-    assert sent_keys == [ANTHROPIC_KEY] * 2, "the agent should have planned and interpreted with the key"
+    assert sent_keys == [ANTHROPIC_KEY] * 3, "the agent should have set expectations, planned and interpreted with the key"
 
     with local.prefect() as prefect:
         from_prefect = {
