@@ -20,7 +20,6 @@ from prefect import flow, get_client, get_run_logger
 from prefect.concurrency.sync import concurrency
 from prefect.context import FlowRunContext
 from pydantic import BaseModel
-from tasks.loop.stopping import after_round, on_refined
 
 from clients.batch.settings import GPU_CONCURRENCY_LIMIT
 from clients.settings import get_settings
@@ -33,6 +32,7 @@ from tasks.grounding.expectations import query_type_of
 from tasks.grounding.models import Expectations
 from tasks.grounding.steps import evaluate_grounding
 from tasks.loop.models import LoopDecision, RefinedPlan, RoundRecord
+from tasks.loop.stopping import after_round, on_refined
 from tasks.model_files import ModelFiles
 from tasks.request import AnalysisRequest
 from tasks.results import shared_result_storage

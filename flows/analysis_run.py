@@ -22,8 +22,6 @@ cancels the running round's GPU job; earlier rounds' outputs stay.
 # annotations, and a flow loaded from its entrypoint (by a worker) cannot resolve them as strings.
 from prefect import flow
 from prefect.context import FlowRunContext
-from tasks.loop.budget import budget_note
-from tasks.loop.stopping import before_round, best_round
 
 from clients.loop_settings import LoopSettings
 from clients.settings import get_settings
@@ -33,7 +31,10 @@ from flows.faults import fault_point
 from flows.stack_inference import cancel_gpu_jobs_of_flow_run
 from tasks.agent.steps import interpret, set_expectations
 from tasks.grounding.models import Expectations
-from tasks.loop.models import STOP_WORDS, LoopDecision, LoopOutcome, RoundRecord
+from tasks.loop.budget import budget_note
+from tasks.loop.models import LoopOutcome, RoundRecord
+from tasks.loop.stopping import before_round, best_round
+from tasks.loop.table import decision_text
 from tasks.model_files import ModelFiles, resolve_model_files
 from tasks.ocr import ocr_documents
 from tasks.report import (
@@ -118,11 +119,8 @@ def closed_loop(
     rounds: list[RoundRecord] = []
     decisions: dict[int, str] = {}
     for k in range(1, limits.max_iterations + 1):
-        budget = before_round(
-            rounds, gpu_seconds_budget=limits.gpu_seconds_budget, llm_usd_budget=limits.llm_usd_budget
-        )
-        if not budget.go_on:
-            stop = budget
+        stop = before_round(rounds, gpu_seconds_budget=limits.gpu_seconds_budget, llm_usd_budget=limits.llm_usd_budget)
+        if not stop.go_on:
             break
         note = budget_note(rounds, limits.gpu_seconds_budget, limits.llm_usd_budget)
         outcome = analysis_round.with_options(flow_run_name=f"round-{k}")(
@@ -130,13 +128,15 @@ def closed_loop(
         )
         stop = outcome.decision
         if outcome.record is None:  # the refiner stopped, or proposed a plan already tried
-            decisions[rounds[-1].k] = _stop_words(stop)
             break
         rounds.append(outcome.record)
-        decisions[k] = "go on" if stop.go_on else _stop_words(stop)
+        decisions[k] = decision_text(stop)
         publish_iterations(round_rows(rounds, decisions))
         if not stop.go_on:
             break
+    if decisions[rounds[-1].k] != decision_text(stop):  # stopped before a round ran: the last round says why
+        decisions[rounds[-1].k] = decision_text(stop)
+        publish_iterations(round_rows(rounds, decisions))
     return LoopOutcome(
         rounds=rounds,
         decisions=decisions,
@@ -154,10 +154,6 @@ def loop_limits(request: AnalysisRequest, settings: LoopSettings) -> LoopLimits:
         gpu_seconds_budget=request.gpu_seconds_budget or settings.gpu_seconds_budget,
         llm_usd_budget=request.llm_usd_budget or settings.llm_usd_budget,
     )
-
-
-def _stop_words(decision: LoopDecision) -> str:
-    return f"stop: {STOP_WORDS.get(decision.reason or '', decision.reason)}"
 
 
 def stage_inputs(request: AnalysisRequest, gene_list_uri: str) -> tuple[StagedInput, StagedInput]:

@@ -190,7 +190,7 @@ def plan_round(
         from tasks.agent.offline_refiner import next_offline_plan
 
         logger.info("No %s: the offline refiner plans round %d", API_KEY_ENV, len(history) + 1)
-        refined = next_offline_plan(request, data, [r.plan for r in history], settings)
+        refined = next_offline_plan(request, data, history, settings)  # rounds: it builds on the best
     else:
         logger.info("Refining with %s after %d rounds", settings.model, len(history))
         with ClaudeClient(settings, api_key=key) as client:

@@ -222,25 +222,33 @@ def test_round_one_is_planned_as_plan_run_plans_it(pbmc_h5ad: Path, settings: ob
     assert plan.planned_by == "offline planner (no ANTHROPIC_API_KEY)"
 
 
-def test_later_offline_rounds_go_to_the_offline_refiner_and_are_checked(
+def test_later_offline_rounds_go_to_the_offline_refiner(
+    pbmc_h5ad: Path, settings: object, no_key: None, results_in_tmp: None
+) -> None:
+    request = _request(pbmc_h5ad)
+    round_1 = first_plans(request)[0]
+
+    refined = refine_round(request, [_scored(round_1)])
+
+    assert refined.plan is not None and refined.planned_by == refined.plan.planned_by
+    assert refined.planned_by.startswith("offline") and refined.usage is None
+    assert plan_identity(refined.plan) != plan_identity(round_1)  # an untried plan, on the same data
+
+
+def test_an_offline_refiners_plan_is_checked_against_the_data(
     pbmc_h5ad: Path, settings: object, no_key: None, results_in_tmp: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The wiring only (the offline refiner's own choices are tested with it): what it is given, and
-    that its plan is checked against the data like every other plan."""
-    asked: list[list[RunPlan]] = []
-    answers = iter([_plan(ROUND_2), _plan({**ROUND_2, "split_values": ["CD14+ Monocyte", "Mast"]})])
+    """The contract is guarded whoever planned: a stand-in refiner that answers a value the data lacks."""
+    given: list[list[RoundRecord]] = []
 
-    def stand_in(request: AnalysisRequest, data: PlanData, tried: list[RunPlan], settings: AgentSettings) -> RefinedPlan:
-        asked.append(tried)
-        plan = next(answers)
+    def stand_in(request: AnalysisRequest, data: PlanData, tried: list[RoundRecord], settings: AgentSettings) -> RefinedPlan:
+        given.append(list(tried))
+        plan = _plan({**ROUND_2, "split_values": ["CD14+ Monocyte", "Mast"]})
         return RefinedPlan(plan=plan, planned_by=plan.planned_by)
 
     monkeypatch.setitem(sys.modules, "tasks.agent.offline_refiner", types.SimpleNamespace(next_offline_plan=stand_in))
-    request = _request(pbmc_h5ad)
-    round_1 = _plan(ROUND_1)
-
-    refined = refine_round(request, [_scored(round_1)])
-    assert refined.plan == _plan(ROUND_2) and asked == [[round_1]]
+    history = [_scored(_plan(ROUND_1))]
 
     with pytest.raises(PlanInvalid, match="split value 'Mast' is not a value of prompt column 'bulk_labels'"):
-        refine_round(request, [_scored(round_1), _scored(_plan(ROUND_2), k=2)])
+        refine_round(_request(pbmc_h5ad), history)
+    assert given == [history]  # the rounds themselves: the refiner builds on the best one
