@@ -6,6 +6,7 @@ import base64
 import html
 from collections.abc import Callable, Mapping
 
+from tasks.loop.table import describe_filter
 from tasks.report.grounding_sections import (
     Section,
     de_sections,
@@ -16,7 +17,6 @@ from tasks.report.grounding_sections import (
     report_caveats,
     score_card_markdown,
 )
-from tasks.loop.table import describe_filter
 from tasks.report.model import AnalysisReport
 from tasks.report.rounds import rounds_sections
 from tasks.report_text import (

@@ -6,7 +6,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from tasks.loop.table import Cell, component_column
-from tasks.report.grounding_sections import COMPONENTS, NOT_ASSESSED, Section, figure_section
+from tasks.report.grounding_sections import (
+    COMPONENTS,
+    NOT_ASSESSED,
+    Section,
+    figure_section,
+)
 from tasks.report.model import AnalysisReport, RoundRow, stop_text
 from tasks.report_text import md_inline, md_table
 
