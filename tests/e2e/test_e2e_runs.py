@@ -33,14 +33,15 @@ def staged_objects(data_dir: Path) -> list[Path]:
 
 
 def task_runs(system: System, flow_run_id: str) -> list[dict]:
-    """Task runs of a flow run and of its subflows, from Prefect's API (oldest first)."""
-    runs = [flow_run_id]
+    """Task runs of a flow run and of all its subflows (rounds, and their STACK subflows), oldest first."""
+    runs, parents = [flow_run_id], [flow_run_id]
     with system.prefect() as prefect:
-        children = prefect.post(
-            "/flow_runs/filter",
-            json={"flow_runs": {"parent_flow_run_id": {"any_": [flow_run_id]}}, "limit": 200},
-        ).json()
-        runs += [c["id"] for c in children]
+        while parents:
+            children = prefect.post(
+                "/flow_runs/filter", json={"flow_runs": {"parent_flow_run_id": {"any_": parents}}, "limit": 200}
+            ).json()
+            parents = [c["id"] for c in children]
+            runs += parents
         return prefect.post(
             "/task_runs/filter",
             json={"task_runs": {"flow_run_id": {"any_": runs}}, "sort": "EXPECTED_START_TIME_ASC", "limit": 200},
@@ -98,7 +99,7 @@ def test_a_failed_run_is_retried_through_the_api_without_redoing_its_gpu_job(sys
     # Prefect hands a retried parent its completed subflow's result, so the retry does not even enter
     # stack-inference; had it done so, submit-gpu-job would show Cached. Either way: submitted once.
     assert states["submit-gpu-job"] in (["Completed"], ["Completed", "Cached"]), f"submitted again: {states}"
-    assert states["plan-run"] == ["Completed", "Cached"], f"the agent planned twice: {states}"
+    assert states["plan-round"] == ["Completed", "Cached"], f"the agent planned twice: {states}"
     assert done["artifacts"], "the run left no report artifacts"
 
 

@@ -1,10 +1,12 @@
-"""Retry soak: 20 analysis runs on the local stack, each failed or crashed once at a step of its
-own and retried through the API. Every run must complete with exactly one GPU job and with all its
-outputs intact; the line it prints is the claim: ``runs=20 gpu_submissions=20 lost_outputs=0``.
+"""Retry soak: 20 analysis runs of two rounds each on the local stack, each failed or crashed once at
+a step of its own and retried through the API. Every run must complete with exactly one GPU job per
+distinct plan (two) and with every round's outputs intact; the line it prints is the claim:
+``runs=20 gpu_submissions=40 distinct_plans=40 lost_outputs=0``.
 
 Faults (flows/faults.py): each run meets one fault, after staging, planning, submitting its GPU job
-(a crash inside the STACK subflow), the subflow, or interpreting; half of them kill the flow-run
-process (as a dead worker or container would), the others fail the run.
+(a crash inside the STACK subflow), the subflow, or interpreting, in round 1, or after round 2's
+plan, submission or evaluation; half of them kill the flow-run process (as a dead worker or
+container would), the others fail the run.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from tests.small_inputs import Inputs, make_inputs
 pytestmark = pytest.mark.e2e
 
 RUNS = 20
-STEPS = ["staged", "planned", "submitted", "stack_inference", "interpreted"]
+STEPS = ["staged", "planned", "submitted", "stack_inference", "interpreted", "planned@2", "submitted@2", "evaluated@2"]
+ROUNDS = 2  # round 2: the offline refiner's more steps (2 -> 4): two distinct plans per run
 SOAK_TIMEOUT_S = 1800
 TOKEN = "soak-token-7f2a"
 IN_FLIGHT = 2  # the deployment runs 2 at a time; more would wait ~20 s per turn for a concurrency slot
@@ -46,6 +49,7 @@ def soak(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalStack,
         "STACKFLOWS_FAULTS__FAIL_ONCE_AFTER": json.dumps(STEPS),
         "STACKFLOWS_FAULTS__ONE_STEP_PER_RUN": "true",
         "STACKFLOWS_FAULTS__CRASH": "half",
+        "STACKFLOWS_AGENT__DEFAULT_NUM_STEPS": "2",  # round 1's steps when the request names none
     }
     inputs = make_inputs(root / "data")
     with running_local_stack(root, root / "data", TOKEN, extra_env=faults) as stack:
@@ -93,6 +97,13 @@ def lost_outputs(run_ids: list[str], data_dir: Path) -> list[str]:
             continue
         report = AnalysisReport.model_validate_json(report_json.read_text())
         lost += [f"{run_id}: {name} missing" for name, uri in report.outputs.items() if not store_for(uri).exists(uri)]
+        if len(report.rounds) != ROUNDS:
+            lost.append(f"{run_id}: {len(report.rounds)} rounds in the report, not {ROUNDS}")
+        for row in report.rounds:  # every round's outputs, as its manifest vouches for them
+            try:
+                verify_outputs(row.job_id, (data_dir / "objects" / "runs" / run_id / f"iter-{row.k}" / "stack").as_uri())
+            except OutputsInvalidError as e:
+                lost.append(f"{run_id} round {row.k}: {e}")
         try:
             verify_outputs(report.job.job_id, report.outputs["predictions"].rsplit("/", 1)[0])
         except OutputsInvalidError as e:
@@ -107,13 +118,13 @@ def lost_outputs(run_ids: list[str], data_dir: Path) -> list[str]:
     return lost
 
 
-def test_twenty_runs_each_faulted_once_and_retried_submit_twenty_gpu_jobs_and_lose_nothing(
+def test_twenty_two_round_runs_each_faulted_once_and_retried_submit_one_job_per_plan_and_lose_nothing(
     soak: tuple[LocalStack, Inputs], capsys: pytest.CaptureFixture
 ) -> None:
     stack, inputs = soak
     finished, retries = drive_to_completion(stack, [
         # distinct questions: distinct runs with identical GPU jobs
-        inputs.request_body(f"Soak run {i}: how do monocytes look among B cells?")
+        inputs.request_body(f"Soak run {i}: how do monocytes look among B cells?", num_steps=None, max_iterations=ROUNDS)
         for i in range(RUNS)
     ])
     run_ids = list(finished)
@@ -123,9 +134,9 @@ def test_twenty_runs_each_faulted_once_and_retried_submit_twenty_gpu_jobs_and_lo
     faults = Counter(p.name.split("-", 5)[-1] for p in (stack.data_dir / "faults").iterdir())
 
     with capsys.disabled():
-        print(f"\nruns={len(finished)} gpu_submissions={submissions} lost_outputs={len(lost)}")
+        print(f"\nruns={len(finished)} gpu_submissions={submissions} distinct_plans={ROUNDS * RUNS} lost_outputs={len(lost)}")
         print(f"faults met, by step: {dict(sorted(faults.items()))}; retries: {sum(retries.values())}")
     assert lost == []
-    assert submissions == RUNS
+    assert submissions == ROUNDS * RUNS  # one job per distinct plan
     assert all(retries[r] >= 1 for r in run_ids), f"every run should have met its fault: {retries}"
     assert len(faults) >= 4, f"the soak should meet faults at most steps, met {faults}"
