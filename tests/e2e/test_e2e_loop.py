@@ -78,7 +78,7 @@ def test_faults_in_round_two_are_retried_without_paying_twice(
     assert met == sorted(ROUND_2_FAULTS) and {"CRASHED", "FAILED"} <= set(states), (met, states)
 
     assert len(gpu_jobs(local.data_dir)) == 2, "one GPU job per distinct plan, whatever the retries"
-    assert len(agent_api.requests) == 4 and agent_api.pending() == 0, "a retry asked the model again"
+    assert len(agent_api.requests) == 4 and agent_api.pending == 0, "a retry asked the model again"
     assert done["loop"]["rounds_done"] == 2 and done["loop"]["current_round"] is None, done["loop"]
     report_json = next((local.data_dir / "objects" / "runs" / run_id).rglob("report.json"))
     report = AnalysisReport.model_validate_json(report_json.read_text())
