@@ -30,12 +30,19 @@ from prefect.client.schemas.objects import Artifact, FlowRun, StateType
 from prefect.client.schemas.responses import DeploymentResponse, SetStateStatus
 from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort
 from prefect.exceptions import ObjectNotFound
-from prefect.states import AwaitingRetry, Cancelled, Cancelling, Scheduled, to_state_create
+from prefect.states import (
+    AwaitingRetry,
+    Cancelled,
+    Cancelling,
+    Scheduled,
+    to_state_create,
+)
 from pydantic import TypeAdapter
 
 from api.idempotency import default_keys, request_digest, same_request
 from api.models import ArtifactLink, LoopView, Progress, RunState, RunView
 from clients.settings import get_settings
+from tasks.report_text import md_unescape
 from tasks.request import AnalysisRequest
 
 
@@ -226,7 +233,7 @@ def loop_view(run: FlowRun, artifacts: list[Artifact]) -> LoopView | None:
         current_round=last_k + 1 if running else None,
         best_round=-best[1] if best else None,
         best_score=best[0] if best else None,
-        last_decision=last_decision or None,
+        last_decision=md_unescape(last_decision) or None,  # the table's cells are markdown
     )
 
 

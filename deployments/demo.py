@@ -18,9 +18,7 @@ the scheduler (the nightly canary) and waits. Ctrl-C or SIGTERM stops every proc
 from __future__ import annotations
 
 import argparse
-import html
 import os
-import re
 import secrets
 import socket
 import sys
@@ -32,6 +30,7 @@ from clients.storage import local_path_of
 from deployments.demo_data import DemoData, prepare_demo_checkpoint, prepare_demo_data
 from deployments.local_stack import LocalStack, model_env, running_local_stack
 from deployments.processes import interrupted_by_signals
+from tasks.report_text import md_unescape
 
 PREFERRED_PORT = 4200  # Prefect's usual port, when it is free
 RUN_TIMEOUT_S = 900
@@ -124,7 +123,7 @@ def report_head(markdown: str) -> str:
     question and the score card; the rest (DE tables, enrichment, plots) is in the file. Shown on a
     terminal, so markdown's escapes are undone (the file keeps them)."""
     head, _, _ = markdown.partition("\n## Expectations")
-    return html.unescape(re.sub(r"\\([\\`*_{}\[\]()#+\-.!|<>~])", r"\1", head.rstrip()))
+    return md_unescape(head.rstrip())
 
 
 def print_access(stack: LocalStack, credentials: Path, show_secrets: bool) -> None:

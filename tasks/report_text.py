@@ -87,6 +87,14 @@ def md_inline(text: str, limit: int | None = None) -> str:
     return _escape_chars(text)
 
 
+def md_unescape(markdown: str) -> str:
+    """What :func:`md_inline` escaped, as typed again: for showing our own markdown as plain text
+    (a terminal, a JSON field)."""
+    import html
+
+    return html.unescape(re.sub(r"\\([\\`*_{}\[\]()#+\-.!|<>~])", r"\1", markdown))
+
+
 def md_quote(text: str) -> str:
     """User text as a markdown blockquote, line for line, every line escaped (a quoted question)."""
     lines = [_escape_chars(line.strip()) for line in plain(text).strip().split("\n")]

@@ -43,3 +43,11 @@ def test_an_ended_loop_has_no_current_round_and_names_its_best() -> None:
 
 def test_a_run_without_rounds_shows_no_loop() -> None:
     assert loop_view(run_in(StateType.RUNNING), []) is None
+
+
+def test_the_last_decision_reads_as_plain_text_though_the_table_holds_markdown() -> None:
+    rows = [{"round": 1, "composite": 2, "decision": "stop: the most rounds allowed ran \\(1 of at most 1\\)"}]
+
+    view = loop_view(run_in(StateType.COMPLETED), [iterations(rows, minutes=1)])
+
+    assert view is not None and view.last_decision == "stop: the most rounds allowed ran (1 of at most 1)"

@@ -94,3 +94,10 @@ def test_control_characters_and_lone_surrogates_are_dropped() -> None:
     assert plain("a\x00b\x01c\x1f\x7fd\te\r\nf\rg") == "abcd\te\nf\ng"
     assert plain("bad \ud800 surrogate").encode("utf-8") == "bad ? surrogate".encode()
     assert plain("ünïcödé ✓") == "ünïcödé ✓"
+
+
+def test_md_unescape_gives_back_the_text_md_inline_escaped() -> None:
+    from tasks.report_text import md_inline, md_unescape
+
+    typed = "stop: (2 of 2) <b> & *x* #1 CD4+/CD25 T_Reg [link](x) `code` 1. item"
+    assert md_unescape(md_inline(typed)) == typed
