@@ -99,7 +99,8 @@ def test_a_failed_run_is_retried_through_the_api_without_redoing_its_gpu_job(sys
     # Prefect hands a retried parent its completed subflow's result, so the retry does not even enter
     # stack-inference; had it done so, submit-gpu-job would show Cached. Either way: submitted once.
     assert states["submit-gpu-job"] in (["Completed"], ["Completed", "Cached"]), f"submitted again: {states}"
-    assert states["plan-round"] == ["Completed", "Cached"], f"the agent planned twice: {states}"
+    # Round 1 planned once (Cached on the retry); round 2 once (the offline refiner, which had no untried plan).
+    assert sorted(states["plan-round"]) == ["Cached", "Completed", "Completed"], f"the agent planned twice: {states}"
     assert done["artifacts"], "the run left no report artifacts"
 
 
