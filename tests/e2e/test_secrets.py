@@ -52,6 +52,7 @@ def test_no_key_or_token_in_logs_artifacts_parameters_or_reports(
         "question": "How do monocytes look among B cells?",
         "prompt_uri": h5ad, "query_uri": h5ad,
         "gene_list_uri": inputs.gene_list.as_uri(), "checkpoint_uri": inputs.checkpoint.as_uri(),
+        "max_iterations": 1,  # one pass: expectations, plan, interpretation (tests/e2e/test_e2e_loop.py has rounds)
     }
     with local.api() as api:
         run_id = api.post("/runs", json=body).json()["id"]
