@@ -18,7 +18,7 @@ from typing import Any
 from clients.llm.claude import ClaudeClient
 from clients.llm.settings import AgentSettings
 from tasks.agent.claude import Stopped, plan_tool_loop
-from tasks.agent.findings_facts import reference_of, top_enrichment
+from tasks.agent.findings_facts import enrichment_facts, reference_of, top_enrichment
 from tasks.agent.offline_findings import summary_caveats
 from tasks.agent.plan import RunPlan
 from tasks.agent.plan_checks import explicit_fields
@@ -157,16 +157,9 @@ def round_facts(record: RoundRecord) -> dict[str, Any]:
             }
             for s in summary.splits
         ],
+        # the interpretation's facts of a set, less its genes: a refiner needs which sets, not their members
         "top_enriched_sets": [
-            {
-                "context": row.split_value,
-                "direction": row.direction,
-                "set_id": row.set_id,
-                "name": row.name,
-                "overlap": f"{row.overlap}/{row.set_size}",
-                "q": float(f"{row.q_value:.3g}"),
-                "expected": row.expected,
-            }
+            {key: value for key, value in enrichment_facts(row).items() if key != "genes"}
             for row in top_enrichment(evaluation, TOP_SETS)
         ],
         "caveats": list(dict.fromkeys([*summary_caveats(record.plan, summary, evaluation), *evaluation.caveats])),
