@@ -30,6 +30,12 @@ DE_COLUMNS = [
     "q_value", "fraction_same_direction", "reference", "test",
 ]
 
+GENE_MEANS_FILE = "gene_means.parquet"  # generate mode: what the report's plot draws (inference writes it)
+# The columns of GENE_MEANS_FILE, one row per (source, context, model gene): ``source`` is "query_input"
+# (the query cells as the job read them; split_value null) or "prediction" (one context's generated
+# cells); ``mean_log1p_cpm`` is the mean over cells of log1p(counts per million), computed in chunks.
+GENE_MEANS_COLUMNS = ["source", "split_value", "gene", "mean_log1p_cpm"]
+
 # A DE gene is "significant" in summaries and scores below this Benjamini-Hochberg q.
 DE_Q_THRESHOLD = 0.05
 

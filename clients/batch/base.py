@@ -19,6 +19,9 @@ from inference.contract import MANIFEST_FILE, PROGRESS_FILE, JobProgress, StackJ
 JOB_ID_PATTERN = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
 STDERR_TAIL_FILE = "job_stderr.txt"  # written under the output prefix by clients.batch.job_wrapper
 STDERR_TAIL_BYTES = 8192
+# Cloud Batch's exit codes for a task whose Spot VM was preempted (or whose host went away): the
+# work did not fail, its machine did, so a new attempt is the fix.
+PREEMPTION_EXIT_CODES = frozenset(range(50001, 50007))
 
 
 class JobNotFoundError(LookupError):
@@ -72,6 +75,11 @@ class JobStatus(BaseModel):
     stderr_tail: str = ""
     progress: JobProgress | None = None
     output_prefix: str | None = None
+
+    @property
+    def preempted(self) -> bool:
+        """The job failed because Batch took its machine away (Spot preemption), not because of the work."""
+        return self.state is JobState.FAILED and self.exit_code in PREEMPTION_EXIT_CODES
 
     def describe(self) -> str:
         """One line for logs and errors."""
