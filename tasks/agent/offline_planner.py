@@ -68,7 +68,7 @@ def offline_plan(request: AnalysisRequest, data: PlanData, settings: AgentSettin
         reasons.append(f"control: {control!r} as the request asks")
     values = fixed.get("split_values")
     if values is None:
-        values = _choose_split_values(
+        values = choose_split_values(
             request.question, data.prompt, column, prompt_filter, query_filter, settings, control
         )
         if not values:
@@ -105,11 +105,14 @@ def offline_plan(request: AnalysisRequest, data: PlanData, settings: AgentSettin
     return without_control(plan)
 
 
-def _choose_split_column(
+def split_column_scores(
     question: str, table: ObsTable, prompt_filter: dict[str, list[str]] | None, settings: AgentSettings
-) -> tuple[str, str]:
-    words = _words(question)
-    best: tuple[tuple[int, int, int], str] | None = None
+) -> list[tuple[tuple[int, int, int], str]]:
+    """Categorical prompt columns worth splitting on, in the table's order, each with its score:
+    (values the question names, a telling name, well-populated values up to the most contexts).
+    The planner takes the best (the first on ties); the refiner tries them all in that order."""
+    words = question_words(question)
+    scored = []
     for column in table.obs.columns:
         if not table.is_categorical(column):
             continue
@@ -117,8 +120,16 @@ def _choose_split_column(
         populated = [v for v, n in counts.items() if n >= settings.min_prompt_cells_per_split]
         if len(populated) < 2 or len(counts) > table.n_obs // 2:
             continue  # nothing to contrast, or an id-like column
-        mentioned = sum(1 for value in populated if _words(value) & words)
-        score = (mentioned, _name_hint_rank(column), min(len(populated), settings.max_split_values))
+        mentioned = sum(1 for value in populated if question_words(value) & words)
+        scored.append(((mentioned, _name_hint_rank(column), min(len(populated), settings.max_split_values)), str(column)))
+    return scored
+
+
+def _choose_split_column(
+    question: str, table: ObsTable, prompt_filter: dict[str, list[str]] | None, settings: AgentSettings
+) -> tuple[str, str]:
+    best: tuple[tuple[int, int, int], str] | None = None
+    for score, column in split_column_scores(question, table, prompt_filter, settings):
         if best is None or score > best[0]:
             best = (score, column)
     if best is None:
@@ -140,7 +151,7 @@ def _choose_split_column(
     return column, why
 
 
-def _choose_split_values(
+def choose_split_values(
     question: str,
     table: ObsTable,
     column: str,
@@ -153,8 +164,8 @@ def _choose_split_values(
     named, the best-populated values. The control is never one of them."""
     counts = table.value_counts(column, prompt_filter)  # largest first
     populated = [v for v, n in counts.items() if n >= settings.min_prompt_cells_per_split and v != control]
-    words = _words(question)
-    mentioned = [v for v in populated if _words(v) & words]
+    words = question_words(question)
+    mentioned = [v for v in populated if question_words(v) & words]
     queried = set((query_filter or {}).get(column, []))
     contexts = [v for v in mentioned if v not in queried] or mentioned
     return (contexts or populated)[: settings.max_split_values]
@@ -172,7 +183,7 @@ def _name_hint_rank(column: str) -> int:
 _STOP_WORDS = {"cell", "the", "and", "for", "with", "how", "what", "would", "look", "type", "context", "other"}
 
 
-def _words(text: str) -> set[str]:
+def question_words(text: str) -> set[str]:
     """Lower-case words of three or more letters, plural 's' dropped: 'Monocytes' matches 'CD14+ Monocyte'."""
     words = {w[:-1] if w.endswith("s") and len(w) > 3 else w for w in re.findall(r"[a-z0-9]{3,}", text.lower())}
     return words - _STOP_WORDS

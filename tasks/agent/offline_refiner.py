@@ -27,10 +27,10 @@ from inference.contract import MAX_STEPS
 from tasks.agent.control_choice import choose_control
 from tasks.agent.offline_planner import (
     OFFLINE_PLANNER,
-    _choose_split_values,
-    _name_hint_rank,
-    _words,
+    choose_split_values,
     offline_plan,
+    question_words,
+    split_column_scores,
 )
 from tasks.agent.plan import RunPlan
 from tasks.agent.plan_checks import check_plan, explicit_fields, without_control
@@ -102,8 +102,8 @@ def _candidates(
             used.add(baseline[0])  # the column's baseline is a control, not a treated context
         queried = set((anchor.query_obs_filter or {}).get(column, []))
         fresh = [v for v, n in counts.items() if n >= need and v not in used and v not in queried]
-        words = _words(request.question)
-        fresh.sort(key=lambda v: not (_words(v) & words))  # stable: named values first, then the largest
+        words = question_words(request.question)
+        fresh.sort(key=lambda v: not (question_words(v) & words))  # stable: named values first, then the largest
         if fresh:
             values = fresh[: settings.max_split_values]
             yield Candidate(
@@ -132,7 +132,7 @@ def _candidates(
             other_counts = data.prompt.value_counts(other, anchor.prompt_obs_filter)
             chosen = choose_control(other, other_counts, need)
             control = chosen[0] if chosen else None
-            values = _choose_split_values(
+            values = choose_split_values(
                 request.question, data.prompt, other, anchor.prompt_obs_filter, anchor.query_obs_filter, settings, control
             )
             if values:
@@ -157,22 +157,10 @@ def _ranked_columns(
     question: str, data: PlanData, prompt_filter: dict[str, list[str]] | None, settings: AgentSettings
 ) -> list[str]:
     """Categorical prompt columns worth splitting on, best first, scored as the offline planner
-    scores them (values the question names, a telling name, well-populated values); ties keep the
-    columns' order, as the planner's own choice does."""
-    words = _words(question)
-    table = data.prompt
-    scored: list[tuple[tuple[int, int, int], int, str]] = []
-    for index, column in enumerate(table.obs.columns):
-        if not table.is_categorical(column):
-            continue
-        counts = table.value_counts(column, prompt_filter)
-        populated = [v for v, n in counts.items() if n >= settings.min_prompt_cells_per_split]
-        if len(populated) < 2 or len(counts) > table.n_obs // 2:
-            continue
-        mentioned = sum(1 for value in populated if _words(value) & words)
-        score = (mentioned, _name_hint_rank(column), min(len(populated), settings.max_split_values))
-        scored.append((score, -index, str(column)))
-    return [column for *_, column in sorted(scored, reverse=True)]
+    scores them; ties keep the columns' order, as the planner's own choice does."""
+    scored = split_column_scores(question, data.prompt, prompt_filter, settings)
+    order = sorted(range(len(scored)), key=lambda i: (scored[i][0], -i), reverse=True)
+    return [scored[i][1] for i in order]
 
 
 def _keeps(plan: RunPlan, anchor: RunPlan, fixed: dict[str, Any]) -> bool:
