@@ -36,7 +36,11 @@ from clients.batch.base import (
 from clients.batch.settings import BatchSettings
 
 OUTPUT_PREFIX_ENV = "STACKFLOWS_OUTPUT_PREFIX"
-NVIDIA_VOLUMES = ["/var/lib/nvidia/lib64:/usr/local/nvidia/lib64", "/var/lib/nvidia/bin:/usr/local/nvidia/bin"]
+# Machine series whose VMs take no Persistent Disk, only Hyperdisk: a boot disk of Batch's default
+# type (pd-balanced) cannot be created on them (Compute Engine's "Machine series support" tables).
+HYPERDISK_ONLY_SERIES = frozenset({"a4x", "a4", "g4", "c4", "c4a", "c4d", "n4", "n4a", "n4d", "h4d", "x4", "m4"})
+HYPERDISK_ONLY_PREFIXES = ("a3-ultragpu-",)  # A3 Ultra; A3 High, Mega and Edge also take Persistent Disk
+HYPERDISK_BOOT = "hyperdisk-balanced"
 
 _State = batch_v1.JobStatus.State
 STATES = {
@@ -117,14 +121,13 @@ class CloudBatchRunner(BatchRunner):
         if s.capture_stderr:
             tail_uri = request.output_uri(STDERR_TAIL_FILE)
             command = ["python", "-m", "clients.batch.job_wrapper", "--stderr-tail-uri", tail_uri, "--", *command]
+        # No container.volumes: Batch then mounts the task's volumes at the same paths and, with
+        # install_gpu_drivers, adds the GPU devices and driver libraries to the container itself.
         container = batch_v1.Runnable.Container(image_uri=s.image, commands=command)
         volumes = []
-        bucket = s.gcs_mount_bucket or _bucket_of(request.output_prefix)
-        if bucket:
-            mount = f"/mnt/disks/{bucket}"
-            volumes.append(batch_v1.Volume(gcs=batch_v1.GCS(remote_path=bucket), mount_path=mount))
-            # Setting container volumes switches off Batch's automatic ones: list every mount.
-            container.volumes = [*(NVIDIA_VOLUMES if self._gpu else []), f"{mount}:{mount}"]
+        if s.gcs_mount_bucket:  # only on request: the job reaches gs:// through the storage client
+            bucket = s.gcs_mount_bucket
+            volumes.append(batch_v1.Volume(gcs=batch_v1.GCS(remote_path=bucket), mount_path=f"/mnt/disks/{bucket}"))
         task = batch_v1.TaskSpec(
             runnables=[batch_v1.Runnable(container=container)],
             volumes=volumes,
@@ -148,7 +151,7 @@ class CloudBatchRunner(BatchRunner):
         Policy = batch_v1.AllocationPolicy
         instance = Policy.InstancePolicy(
             machine_type=s.machine_type,
-            boot_disk=Policy.Disk(size_gb=s.boot_disk_gb),
+            boot_disk=Policy.Disk(size_gb=s.boot_disk_gb, type_=boot_disk_type(s) or ""),
             provisioning_model=Policy.ProvisioningModel.SPOT if s.spot else Policy.ProvisioningModel.STANDARD,
         )
         if self._gpu:
@@ -231,8 +234,14 @@ class CloudBatchRunner(BatchRunner):
         )
 
 
-def _bucket_of(uri: str) -> str | None:
-    return uri[len("gs://") :].split("/", 1)[0] if uri.startswith("gs://") else None
+def boot_disk_type(settings: BatchSettings) -> str | None:
+    """The boot disk type to ask for: the setting, else Hyperdisk where the machine series takes nothing else."""
+    if settings.boot_disk_type:
+        return settings.boot_disk_type
+    machine = settings.machine_type.lower()
+    if machine.split("-", 1)[0] in HYPERDISK_ONLY_SERIES or machine.startswith(HYPERDISK_ONLY_PREFIXES):
+        return HYPERDISK_BOOT
+    return None  # Batch's default (pd-balanced) fits G2, A2, A3 High/Mega/Edge, N1
 
 
 def _output_prefix_of(job: batch_v1.Job) -> str | None:

@@ -59,6 +59,13 @@ class BatchSettings(BaseModel):
     )
     accelerator_count: int = Field(default=1, ge=0, description="GPUs per job VM.")
     boot_disk_gb: int = Field(default=100, ge=30, description="Boot disk size; the image and model cache live here.")
+    boot_disk_type: str | None = Field(
+        default=None,
+        description=(
+            "Boot disk type (pd-balanced, pd-ssd, hyperdisk-balanced, ...). None: hyperdisk-balanced for the "
+            "Hyperdisk-only machine series (A4, A4X, A3 Ultra, G4, C4, N4, ...), else Batch's default."
+        ),
+    )
     spot: bool = Field(default=False, description="Use Spot VMs (cheaper; preempted jobs fail with exit code 50001).")
     max_run_duration_s: int = Field(default=4 * 3600, ge=60, description="Batch kills the task after this long.")
     service_account: str | None = Field(
@@ -69,7 +76,10 @@ class BatchSettings(BaseModel):
     no_external_ip: bool = Field(default=False, description="VMs without external IPs (needs Cloud NAT / private access).")
     gcs_mount_bucket: str | None = Field(
         default=None,
-        description="Bucket mounted read-write at /mnt/disks/<bucket> in the container; None: the output prefix's bucket.",
+        description=(
+            "Bucket to gcsfuse-mount read-write at /mnt/disks/<bucket> in the container; None: no mount (the "
+            "job reads and writes gs:// through the storage client, so it needs none)."
+        ),
     )
     capture_stderr: bool = Field(
         default=True,
