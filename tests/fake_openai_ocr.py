@@ -7,7 +7,9 @@ It behaves like one vLLM replica behind Cloud Run, as far as a client can tell:
   LightOn's sampling settings) and answers 400 otherwise;
 - ``require_token(token)`` (optional) checks the bearer token, answering 401 like Cloud Run;
 - ``plan`` scripts statuses per page before it succeeds (``{2: [429]}``), ``always`` fails a page
-  for good (``{3: 500}``).
+  for good (``{3: 500}``);
+- ``stall`` names pages it works on without ever answering (until the fake closes): slower than
+  any read timeout, like a cold instance that is still loading the model.
 
 Pages are recognised by a grey marker square that ``marked_page`` draws, so the fake can answer
 with text that says which page it saw (``# Page 3``), and tests can check page order.
@@ -65,6 +67,7 @@ class FakeOcrService:
         always: dict[int, int] | None = None,
         retry_after_s: int = 0,
         read_markers: bool = True,
+        stall: set[int] | None = None,
     ) -> None:
         self.latency_s = latency_s
         self.capacity = capacity
@@ -73,6 +76,8 @@ class FakeOcrService:
         self.always = dict(always or {})
         self.retry_after_s = retry_after_s
         self.read_markers = read_markers
+        self.stall = set(stall or ())
+        self._closing = threading.Event()  # releases stalled pages when the fake closes
         self.calls = 0  # every POST, including refused ones
         self.completed = 0  # pages answered 200
         self.unauthorized = 0  # requests refused for a missing or bad token (before the model sees them)
@@ -98,6 +103,7 @@ class FakeOcrService:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._closing.set()
         self._server.shutdown()
         self._server.server_close()
 
@@ -134,6 +140,9 @@ class FakeOcrService:
         if status != 200:
             extra = {"Retry-After": str(self.retry_after_s)} if status in (429, 503) else {}
             return status, {"error": {"message": f"scripted {status}"}}, extra
+        if page in self.stall:
+            self._closing.wait()
+            return 504, {"error": {"message": "stalled page released at close"}}, {}
         with self._slots:  # the GPU: `capacity` pages at a time
             time.sleep(self.latency_s)
         with self._lock:
@@ -178,7 +187,10 @@ class FakeOcrService:
                 self.send_header("Content-Length", str(len(data)))
                 for key, value in extra.items():
                     self.send_header(key, value)
-                self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up waiting (a read timeout): nobody to answer
 
         return Handler

@@ -5,7 +5,9 @@ Why these pieces:
   token shortly before it expires (in the background while the old one still works) and once more
   on a 401. ``fetch_id_token`` would fetch a fresh token for every request.
 - urllib3's ``Retry`` retries 429/502/503/504 and connection errors with exponential backoff and
-  honours ``Retry-After``, which is how Cloud Run answers while an instance starts.
+  honours ``Retry-After``, which is how Cloud Run answers while an instance starts. It never resends
+  a page whose answer timed out: that would wait the (long, cold-start) read timeout again, and
+  once retries ran out requests would report the timeout as "could not connect".
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import google.oauth2.id_token
 import requests
 from google.auth.credentials import Credentials
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ReadTimeoutError
 from urllib3.util.retry import Retry
 
 from clients.ocr.base import OcrError
@@ -45,11 +48,25 @@ class ServiceSession:
     no_token_reason: str | None = None  # why no token is sent, when identity is None
 
 
+class NoReadTimeoutRetry(Retry):
+    """urllib3's Retry, except that a read timeout is raised at once (requests then says ReadTimeout).
+
+    A read timeout means the service took the page and has not answered within the read timeout: a
+    second send waits as long again. Other read errors (a connection dropped mid-answer, as when an
+    instance goes away) are still retried.
+    """
+
+    def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):  # type: ignore[no-untyped-def]
+        if isinstance(error, ReadTimeoutError):
+            raise error.with_traceback(_stacktrace)
+        return super().increment(method, url, response, error, _pool, _stacktrace)
+
+
 def _retrying_adapter(settings: OcrSettings) -> HTTPAdapter:
-    retry = Retry(
+    retry = NoReadTimeoutRetry(
         total=settings.max_retries,
         connect=settings.max_retries,
-        read=min(2, settings.max_retries),  # a read error may mean the page was being worked on
+        read=min(2, settings.max_retries),  # a dropped answer; read timeouts are never retried (above)
         status=settings.max_retries,
         status_forcelist=RETRY_STATUSES,
         allowed_methods=None,  # OCR of a page is idempotent, so POST may be retried

@@ -118,14 +118,21 @@ class LightOnOcrClient(OcrEngine):
             "top_p": s.top_p,
             "max_tokens": s.max_tokens,
         }
-        read_timeout = s.request_timeout_s if self._warm else s.cold_start_timeout_s
+        warm = self._warm
+        read_timeout = s.request_timeout_s if warm else s.cold_start_timeout_s
         try:
             response = service.session.post(self._endpoint, json=body, timeout=(s.connect_timeout_s, read_timeout))
-        except requests.Timeout as exc:
+        except requests.ReadTimeout as exc:
+            raise OcrPageError(
+                page.document, page.page_number, _read_timeout_reason(self._endpoint, read_timeout, warm),
+                retryable=True,
+            ) from exc
+        except requests.ConnectTimeout as exc:
             raise OcrPageError(
                 page.document, page.page_number,
-                f"no answer from {self._endpoint} within {read_timeout:.0f} s ({exc}); raise "
-                "STACKFLOWS_OCR__REQUEST_TIMEOUT_S or lower STACKFLOWS_OCR__CONCURRENCY",
+                f"could not connect to {self._endpoint} within {s.connect_timeout_s:g} s, {s.max_retries} times "
+                f"({exc}); check STACKFLOWS_OCR__SERVICE_URL and the network, or raise "
+                "STACKFLOWS_OCR__CONNECT_TIMEOUT_S",
                 retryable=True,
             ) from exc
         except requests.ConnectionError as exc:
@@ -165,3 +172,18 @@ class LightOnOcrClient(OcrEngine):
                 "see docs/ocr.md"
             )
         return f"{self._endpoint} answered {status} ({excerpt!r}); this page will not succeed by retrying"
+
+
+def _read_timeout_reason(endpoint: str, read_timeout: float, warm: bool) -> str:
+    """What a read timeout means: the service took the page and did not answer in time (sent once)."""
+    if warm:
+        setting, why = "STACKFLOWS_OCR__REQUEST_TIMEOUT_S", "the service is answering other pages but not this one in time"
+    else:
+        setting, why = (
+            "STACKFLOWS_OCR__COLD_START_TIMEOUT_S",
+            "no page has been answered yet, so this includes the service's cold start (GPU, image, model load)",
+        )
+    return (
+        f"timed out after {read_timeout:g} s waiting for {endpoint} to answer ({why}); the page was sent once "
+        f"and not resent. Raise {setting}, or lower STACKFLOWS_OCR__CONCURRENCY if the service is overloaded"
+    )

@@ -198,3 +198,30 @@ def test_a_token_near_expiry_is_renewed_while_pages_keep_flowing(metadata_identi
         doc = DocumentReader(service_settings(fake.url, concurrency=1)).read(scanned_pdf(4), "scan.pdf")
     assert doc.engines == {"lightonocr": 4} and fake.unauthorized == 0
     assert len(metadata_identity.issued) >= 2  # renewed in the background, the old token still used meanwhile
+
+
+def test_a_cold_page_slower_than_the_read_timeout_is_sent_once_and_reported_as_a_timeout(
+    metadata_identity: FakeGoogleIdentity,
+) -> None:
+    """urllib3 must not resend a timed-out page (that waited three read timeouts, then said "could not reach")."""
+    with FakeOcrService(stall={1}) as fake:
+        settings = service_settings(fake.url, cold_start_timeout_s=0.4, max_retries=3)
+        with pytest.raises(OcrPageError) as failure:
+            DocumentReader(settings).read(scanned_pdf(1), "scan.pdf")
+        sent = len(fake.attempts[1])
+    message = str(failure.value)
+    assert sent == 1
+    assert "scan.pdf: page 1" in message and "timed out after 0.4 s" in message
+    assert "STACKFLOWS_OCR__COLD_START_TIMEOUT_S" in message  # the first page waits for a cold start
+    assert "SERVICE_URL" not in message and "could not reach" not in message
+    assert failure.value.retryable  # the task may try once more, later, when the instance may be warm
+
+
+def test_a_warm_page_that_times_out_names_the_request_timeout(metadata_identity: FakeGoogleIdentity) -> None:
+    with FakeOcrService(stall={2}) as fake:
+        settings = service_settings(fake.url, concurrency=1, request_timeout_s=0.3, cold_start_timeout_s=30)
+        with pytest.raises(OcrPageError) as failure:
+            DocumentReader(settings).read(scanned_pdf(2), "scan.pdf")
+        sent = len(fake.attempts[2])
+    assert sent == 1 and failure.value.page_number == 2
+    assert "timed out after 0.3 s" in str(failure.value) and "STACKFLOWS_OCR__REQUEST_TIMEOUT_S" in str(failure.value)
