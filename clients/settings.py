@@ -6,6 +6,7 @@ so a client can be read and changed without touching the others.
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -17,10 +18,10 @@ from api.settings import ApiSettings
 from clients.batch.settings import BatchSettings
 from clients.grounding_settings import GroundingSettings
 from clients.llm.settings import AgentSettings
-from clients.loop_settings import LoopSettings
+from clients.loop_settings import MAX_ITERATIONS, LoopSettings
+from clients.model_settings import ModelSettings
 from clients.ocr.settings import OcrSettings
 from clients.storage.settings import StorageSettings
-from clients.model_settings import ModelSettings
 
 
 class FaultSettings(BaseModel):
@@ -39,6 +40,39 @@ class FaultSettings(BaseModel):
         description="Instead of failing, kill the flow-run process (as a dead worker would): never, always, "
         "or for half of the runs (picked by run id).",
     )
+
+
+# The Cloud Run flow-run timeout, derived here and nowhere else (docs/deploy.md, "Timeouts that nest").
+DEFAULT_FLOW_RUN_MARGIN_S = 2 * 3600.0
+CLOUD_RUN_MAX_TIMEOUT_S = 7 * 24 * 3600  # Cloud Run jobs' longest task timeout
+
+
+def flow_run_timeout_s(
+    batch: BatchSettings, margin_s: float = DEFAULT_FLOW_RUN_MARGIN_S, rounds: int = MAX_ITERATIONS
+) -> int:
+    """The Cloud Run flow-run timeout: a GPU wait per round (a request may ask for ``MAX_ITERATIONS``)
+    plus the margin for the rest, so Cloud Run never kills a flow that is still waiting for its job."""
+    return math.ceil(rounds * batch.wait_timeout_s + margin_s)
+
+
+def timeout_problems(settings: Settings) -> list[str]:
+    """Where the timeouts do not nest, each naming the setting to raise (or lower); empty when they do."""
+    batch, problems = settings.batch, []
+    if batch.wait_timeout_s <= batch.max_run_duration_s:
+        problems.append(
+            f"STACKFLOWS_BATCH__WAIT_TIMEOUT_S ({batch.wait_timeout_s:.0f} s) must exceed "
+            f"STACKFLOWS_BATCH__MAX_RUN_DURATION_S ({batch.max_run_duration_s} s): the wait counts Batch's queue "
+            "time, which max_run_duration does not, so the flow would cancel a job Batch still lets run. "
+            "Raise STACKFLOWS_BATCH__WAIT_TIMEOUT_S (or lower STACKFLOWS_BATCH__MAX_RUN_DURATION_S)"
+        )
+    timeout = flow_run_timeout_s(batch, settings.flow_run_margin_s)
+    if timeout > CLOUD_RUN_MAX_TIMEOUT_S:
+        problems.append(
+            f"the flow-run timeout ({MAX_ITERATIONS} rounds x STACKFLOWS_BATCH__WAIT_TIMEOUT_S + "
+            f"STACKFLOWS_FLOW_RUN_MARGIN_S = {timeout} s) is above Cloud Run's {CLOUD_RUN_MAX_TIMEOUT_S} s: "
+            "lower STACKFLOWS_BATCH__WAIT_TIMEOUT_S or STACKFLOWS_FLOW_RUN_MARGIN_S"
+        )
+    return problems
 
 
 class Settings(BaseSettings):
@@ -64,6 +98,14 @@ class Settings(BaseSettings):
     loop: LoopSettings = Field(default_factory=LoopSettings)
     faults: FaultSettings = Field(default_factory=FaultSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    flow_run_margin_s: float = Field(
+        default=DEFAULT_FLOW_RUN_MARGIN_S,
+        gt=0,
+        description=(
+            "Time a Cloud Run flow run spends outside its GPU waits (staging, OCR cold starts, planning, "
+            "queueing for a GPU slot); the flow-run timeout is the waits plus this (flow_run_timeout_s)."
+        ),
+    )
 
     @property
     def storage_root(self) -> str:

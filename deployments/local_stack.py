@@ -31,6 +31,9 @@ PROJECT_DIR = Path(__file__).resolve().parents[1]
 LOCAL_POOL = "stackflows-local"
 SERVER_START_S = 120  # a cold `prefect server start` on a busy 2-core machine
 FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
+# Seconds between flow-run heartbeats (Prefect's minimum): the set-up's zombie automation reads the
+# same variable, so a run whose worker died with it is marked Crashed after three missed heartbeats.
+HEARTBEAT_S = 30
 
 
 @dataclass
@@ -190,6 +193,7 @@ def stack_env(
         PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED="true" if scheduler else "false",
         PREFECT_WORKER_QUERY_SECONDS="1",  # pick up runs (and cancellations) quickly
         PREFECT_SERVER_EPHEMERAL_ENABLED="false",
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY=str(HEARTBEAT_S),
         STACKFLOWS_DATA_DIR=str(data_dir),
         STACKFLOWS_API__TOKEN=api_token,
         PYTHONUNBUFFERED="1",
@@ -233,14 +237,7 @@ def running_local_stack(
         stack.processes.append(start_prefect_server(prefect_port, env, logs))
         stack.setup()
 
-        # No `--limit`: Prefect 3.8's worker crashes when a run it still holds a slot for is retried
-        # at once ("this borrower is already holding one of this CapacityLimiter's tokens"). The
-        # deployments' concurrency limits and the GPU limit bound the work instead.
-        worker = start(
-            "worker",
-            [sys.executable, "-m", "prefect", "worker", "start", "--pool", LOCAL_POOL, "--name", "local"],
-            env, logs, PROJECT_DIR,
-        )
+        worker = start_worker(env, logs)
         stack.processes.append(worker)
         stack.processes.append(start_api(api_port, env, logs))
         wait_until(lambda: _worker_online(stack), 60, "the worker to poll its pool", watch=[worker])
@@ -262,6 +259,15 @@ def start_prefect_server(port: int, env: dict[str, str], logs: Path, timeout: fl
     server = start("prefect-server", command, server_env, logs, PROJECT_DIR)
     _await_health(server, f"http://127.0.0.1:{port}/api/health", timeout, "the Prefect server")
     return server
+
+
+def start_worker(env: dict[str, str], logs: Path, name: str = "local") -> Process:
+    """A process worker for the local pool (a second one, after the first died, needs no other name)."""
+    # No `--limit`: Prefect 3.8's worker crashes when a run it still holds a slot for is retried
+    # at once ("this borrower is already holding one of this CapacityLimiter's tokens"). The
+    # deployments' concurrency limits and the GPU limit bound the work instead.
+    command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", LOCAL_POOL, "--name", name]
+    return start("worker", command, env, logs, PROJECT_DIR)
 
 
 def start_api(port: int, env: dict[str, str], logs: Path) -> Process:

@@ -1,7 +1,8 @@
 """``python -m deployments.setup local|gcp``: everything a Prefect server needs to run analyses.
 
 One environment at a time, in this order: the work pool, the global concurrency limit that keeps
-GPU jobs from piling up, the blocks (result storage, the Anthropic key as a Secret), the demo data
+GPU jobs from piling up, the automation that marks zombie runs Crashed (deployments/automations.py),
+the blocks (result storage, the Anthropic key as a Secret), the demo data
 and untrained checkpoint the local nightly canary reads (under the data directory, named in its
 request by absolute path), then the deployments from ``prefect.yaml`` (through ``prefect deploy``).
 
@@ -10,6 +11,9 @@ when it differs. Deployments carry a fingerprint of their configuration (``prefe
 deploy-time environment variables it names, this checkout's path, the flow code's signature files)
 as their version, and are redeployed only when it changes, because every redeploy replaces the
 schedules and deletes the runs already scheduled.
+
+``gcp --check`` first verifies each service account's permissions (deployments/gcp_check.py) and
+stops with the gcloud commands that grant what is missing.
 """
 
 from __future__ import annotations
@@ -42,7 +46,13 @@ from prefect.filesystems import LocalFileSystem
 from prefect.settings import get_current_settings
 
 from clients.batch.settings import GPU_CONCURRENCY_LIMIT
-from clients.settings import Settings, get_settings
+from clients.settings import (
+    Settings,
+    flow_run_timeout_s,
+    get_settings,
+    timeout_problems,
+)
+from deployments.automations import ensure_zombie_automation, heartbeat_s
 
 Environment = Literal["local", "gcp"]
 Action = Literal["created", "updated", "unchanged"]
@@ -61,6 +71,12 @@ ANTHROPIC_SECRET_BLOCK = "anthropic-api-key"
 VERSION_VAR = "STACKFLOWS_DEPLOY_VERSION"  # prefect.yaml's deployments take their version from it
 CANARY_DIR_VAR = "STACKFLOWS_CANARY_DIR"  # prefect.yaml's local canary reads its inputs from there
 GCP_DEPLOY_ENV = ("STACKFLOWS_FLOW_IMAGE", "STACKFLOWS_GCP_REGION", "STACKFLOWS_FLOW_SERVICE_ACCOUNT")
+# Secret Manager secrets (latest version) that Cloud Run injects into flow runs instead of plain env.
+API_KEY_SECRET_VAR = "STACKFLOWS_PREFECT_API_KEY_SECRET"
+AUTH_STRING_SECRET_VAR = "STACKFLOWS_PREFECT_AUTH_STRING_SECRET"
+DEFAULT_API_KEY_SECRET = "prefect-api-key"
+DEFAULT_AUTH_STRING_SECRET = "prefect-api-auth-string"
+PLACEHOLDERS = ("PROJECT", "REGION", "…", "...")  # what docs and defaults write where a value goes
 # Settings sections a Cloud Run flow run needs; never the API's (its token) nor injected faults.
 FLOW_RUN_SECTIONS = ("storage", "model", "batch", "agent", "ocr")
 
@@ -108,12 +124,30 @@ def local_pool_template() -> dict[str, Any]:
 def cloud_pool_template(settings: Settings) -> dict[str, Any]:
     from workers.job_template import stackflows_template
 
+    api_key_secret, auth_string_secret = prefect_secrets()
     return stackflows_template(
         image=os.environ["STACKFLOWS_FLOW_IMAGE"],
         region=os.environ["STACKFLOWS_GCP_REGION"],
         service_account=os.environ["STACKFLOWS_FLOW_SERVICE_ACCOUNT"],
         env=flow_run_env(settings),
+        timeout_s=flow_run_timeout_s(settings.batch, settings.flow_run_margin_s),
+        heartbeat_s=heartbeat_s(),
+        api_key_secret=api_key_secret,
+        auth_string_secret=auth_string_secret,
     )
+
+
+def prefect_secrets() -> tuple[str | None, str | None]:
+    """The Secret Manager secrets that carry the Prefect API key and auth string into flow runs.
+
+    The Cloud Run worker passes its own ``PREFECT_API_KEY`` / ``PREFECT_API_AUTH_STRING`` to every job
+    as plain environment variables unless the pool names a secret for them (prefect-gcp then drops
+    the plain one): with a key or auth string in this shell, a secret is named (its own variable, or
+    the default name) and must hold the same value."""
+    current = get_current_settings().api
+    api_key = os.environ.get(API_KEY_SECRET_VAR) or (DEFAULT_API_KEY_SECRET if current.key else None)
+    auth = os.environ.get(AUTH_STRING_SECRET_VAR) or (DEFAULT_AUTH_STRING_SECRET if current.auth_string else None)
+    return api_key, auth
 
 
 def flow_run_env(settings: Settings) -> dict[str, str]:
@@ -277,6 +311,24 @@ async def activate_schedules(client: PrefectClient, names: list[str]) -> list[Ch
 # --- the whole set-up ---------------------------------------------------------------------------
 
 
+def check_gcp_permissions(settings: Settings) -> None:
+    """``--check``: every account's permissions, through testIamPermissions; refuses what is missing."""
+    from deployments.gcp_check import (
+        accounts_from_env,
+        check_permissions,
+        endpoints_from_env,
+    )
+
+    check_environment("gcp", settings)
+    missing = check_permissions(accounts_from_env(settings), endpoints_from_env())
+    if missing:
+        raise SetupError(
+            "service accounts lack permissions; grant them and run again:\n"
+            + "\n".join(m.describe() for m in missing)
+        )
+    print("permissions   every service account has what it needs")
+
+
 def check_environment(environment: Environment, settings: Settings) -> None:
     if not get_current_settings().api.url:
         raise SetupError("PREFECT_API_URL is not set: point it at the Prefect server to set up")
@@ -289,6 +341,43 @@ def check_environment(environment: Environment, settings: Settings) -> None:
                 "the gcp set-up needs STACKFLOWS_STORAGE__ROOT=gs://bucket/prefix: Cloud Run flow runs "
                 "and their retries must share results and outputs"
             )
+        check_batch_job(settings)
+        problems = timeout_problems(settings) + deployment_timeout_problems(settings)
+        if problems:
+            raise SetupError("the timeouts do not nest:\n- " + "\n- ".join(problems))
+
+
+def check_batch_job(settings: Settings) -> None:
+    """Refuse a Batch job every run would start a GPU VM for and that could not pull its image."""
+    batch = settings.batch
+    if not batch.project or any(p in batch.project for p in PLACEHOLDERS):
+        raise SetupError(
+            f"STACKFLOWS_BATCH__PROJECT is {batch.project!r}: set it to the project that runs the GPU jobs"
+        )
+    default_image = type(batch).model_fields["image"].default
+    if not batch.image or batch.image == default_image or any(p in batch.image for p in PLACEHOLDERS):
+        raise SetupError(
+            f"STACKFLOWS_BATCH__IMAGE is {batch.image!r}, a placeholder: every run would start a GPU VM that "
+            "cannot pull it. Set it to the pushed GPU job image (e.g. "
+            f"{os.environ.get('STACKFLOWS_GCP_REGION', 'us-central1')}-docker.pkg.dev/{batch.project}/stackflows/stack-job:0.1.0)"
+        )
+
+
+def deployment_timeout_problems(settings: Settings, project_dir: Path = PROJECT_DIR) -> list[str]:
+    """A cloud deployment in prefect.yaml whose own ``timeout`` job variable is below the derived one."""
+    import yaml
+
+    needed = flow_run_timeout_s(settings.batch, settings.flow_run_margin_s)
+    config = yaml.safe_load((project_dir / "prefect.yaml").read_text())
+    problems = []
+    for deployment in config.get("deployments", []):
+        timeout = ((deployment.get("work_pool") or {}).get("job_variables") or {}).get("timeout")
+        if deployment["name"] in DEPLOYMENTS["gcp"] and timeout is not None and int(timeout) < needed:
+            problems.append(
+                f"prefect.yaml's deployment {deployment['name']} sets timeout: {timeout}, below the "
+                f"{needed} s its GPU waits need: remove it (the pool's derived default applies) or raise it"
+            )
+    return problems
 
 
 async def setup(environment: Environment, settings: Settings | None = None, project_dir: Path = PROJECT_DIR) -> list[Change]:
@@ -302,6 +391,7 @@ async def setup(environment: Environment, settings: Settings | None = None, proj
         else:
             changes.append(await ensure_work_pool(client, CLOUD_POOL, "cloud-run-v2", cloud_pool_template(settings)))
         changes.append(await ensure_gpu_limit(client))
+        changes.append(Change("automation", *await ensure_zombie_automation(client)))
         changes.append(await ensure_block(result_storage_block(environment, settings), RESULTS_BLOCK))
         if os.environ.get("ANTHROPIC_API_KEY"):
             changes.append(await ensure_block(Secret(value=os.environ["ANTHROPIC_API_KEY"]), ANTHROPIC_SECRET_BLOCK))
@@ -316,8 +406,16 @@ async def setup(environment: Environment, settings: Settings | None = None, proj
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("environment", choices=["local", "gcp"])
+    parser.add_argument(
+        "--check", action="store_true",
+        help="gcp: verify every service account's permissions (testIamPermissions) before setting up",
+    )
     args = parser.parse_args()
     try:
+        if args.check:
+            if args.environment != "gcp":
+                raise SetupError("--check verifies Google Cloud permissions: use it with gcp")
+            check_gcp_permissions(get_settings())
         changes = asyncio.run(setup(args.environment))
     except SetupError as e:
         sys.exit(f"set-up failed: {e}")

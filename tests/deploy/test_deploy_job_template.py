@@ -14,7 +14,7 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.utilities.schema_tools.validation import ValidationError, validate
 from prefect_gcp.workers.cloud_run_v2 import CloudRunWorkerJobV2Configuration
 
-from workers.job_template import prefect_gcp_default, stackflows_template
+from workers.job_template import DEFAULT_TIMEOUT_S, prefect_gcp_default, stackflows_template
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "workers" / "cloud-run-v2.job-template.json"
@@ -73,7 +73,7 @@ def test_prefect_yaml_cloud_job_variables_become_a_valid_cloud_run_job(credentia
     container = config.job_body["template"]["template"]["containers"][0]
     assert container["image"] == IMAGE
     assert container["resources"]["limits"] == {"cpu": "2", "memory": "4Gi"}
-    assert config.job_body["template"]["template"]["timeout"] == "21600s"
+    assert config.job_body["template"]["template"]["timeout"] == f"{DEFAULT_TIMEOUT_S}s"  # the pool's derived one
     assert config.job_body["template"]["template"]["serviceAccount"] == SA
     assert config.job_body["template"]["template"]["maxRetries"] == 0
     assert config.region == "europe-west4"
@@ -92,7 +92,7 @@ def test_pool_defaults_fill_what_a_deployment_leaves_out(credentials: dict, pref
     container = config.job_body["template"]["template"]["containers"][0]
     assert container["image"] == IMAGE
     assert container["resources"]["limits"] == {"cpu": "2", "memory": "4Gi"}
-    assert config.job_body["template"]["template"]["timeout"] == "21600s"
+    assert config.job_body["template"]["template"]["timeout"] == f"{DEFAULT_TIMEOUT_S}s"
 
 
 @pytest.mark.parametrize(
