@@ -132,6 +132,7 @@ def analysis_round(
         summary=summary,
         evaluation=evaluation,
         manifest=manifest,
+        preemptions=collected.preemptions,
     )
     _name_round(k, record.composite)
     decision = after_round(

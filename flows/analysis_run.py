@@ -87,7 +87,7 @@ def analysis_run(request: AnalysisRequest) -> AnalysisReport:
         flow_run_id=run_id,
         question=request.question,
         plan=best.plan,
-        job=JobFigures.from_manifest(best.job_id, best.manifest),
+        job=JobFigures.from_manifest(best.job_id, best.manifest, preemptions=best.preemptions),
         findings=findings,
         top_genes=top_gene_rows(best.summary),
         documents=[document_line(d) for d in documents],

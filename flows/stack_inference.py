@@ -5,8 +5,10 @@ Called as a subflow of the analysis run (or on its own), it
 1. names the job after the *root* flow run and the content of the inputs and parameters,
 2. submits it once (a dashboard Retry of a crashed run finds the job and polls it),
 3. waits, showing the job's progress.json as a progress artifact, here and on the runs above (the
-   analysis run's page, which is the one a user opens),
-4. collects the outputs, checking them against the job's manifest.
+   analysis run's page, which is the one a user opens); a job whose Spot VM was preempted gets a
+   new attempt into a fresh prefix, as a manual Retry would, up to
+   ``STACKFLOWS_BATCH__MAX_PREEMPTION_RETRIES`` times; a job that failed at its work fails the run,
+4. collects the outputs, checking them against the job's manifest, and counts the preemptions.
 
 Cancelling the run, or the run failing (e.g. timing out), cancels the job: GPU time is not left
 running for a run nobody is waiting for. A *crash* does not cancel it, so a Retry can pick it up.
@@ -20,14 +22,19 @@ from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext
 
 from clients.batch import BatchJobRequest
+from clients.settings import get_settings
 from flows.faults import fault_point, round_step
 from inference.contract import StackJobSpec
 from tasks.gpu_job import (
     CollectedOutputs,
+    JobFailedError,
     cancel_gpu_jobs,
     choose_job_id,
     collect_gpu_job_outputs,
+    count_preemptions,
     job_base_id,
+    job_preempted,
+    preempted_too_often,
     spec_for_job,
     submit_task_for_settings,
     wait_for_gpu_job,
@@ -69,9 +76,21 @@ def _log(message: str) -> None:
 def stack_inference(spec: StackJobSpec, round_number: int = 1) -> CollectedOutputs:
     """Run STACK on a GPU for ``spec`` and return its verified outputs (``round_number``: the loop's round)."""
     run_id = root_flow_run_id(FlowRunContext.get().flow_run)
-    job_id = choose_job_id(job_base_id(run_id, spec.content_hash()))
-    request = BatchJobRequest.for_stack_job(spec_for_job(spec, job_id), labels=job_labels(run_id, spec))
-    job = submit_task_for_settings()(request, job_id)
-    fault_point(round_step("submitted", round_number), run_id, how="crash")
-    wait_for_gpu_job(job)
-    return collect_gpu_job_outputs(job)
+    base_id = job_base_id(run_id, spec.content_hash())
+    max_retries = get_settings().batch.max_preemption_retries
+    for retry in range(max_retries + 1):
+        job_id = choose_job_id(base_id)  # after a preemption: the next attempt, into a fresh prefix
+        request = BatchJobRequest.for_stack_job(spec_for_job(spec, job_id), labels=job_labels(run_id, spec))
+        job = submit_task_for_settings()(request, job_id)
+        fault_point(round_step("submitted", round_number), run_id, how="crash")
+        try:
+            wait_for_gpu_job(job)
+            break
+        except JobFailedError as failed:
+            if not job_preempted(job):
+                raise  # the work failed: another attempt would fail the same way
+            if retry == max_retries:
+                raise preempted_too_often(job_id, max_retries) from failed
+            _log(f"GPU job {job_id} was preempted; submitting a new attempt ({retry + 1} of {max_retries})")
+    collected = collect_gpu_job_outputs(job)
+    return collected.model_copy(update={"preemptions": count_preemptions(job.job_id)})

@@ -6,7 +6,9 @@ Why the pieces look the way they do:
   same when a run is retried from the dashboard, and the content hash is the same for the same
   inputs and parameters, so a retried run finds the job it started. The attempt number moves on
   only when the previous attempt *ended badly* (failed, cancelled): retrying after a Spot
-  preemption runs the job again instead of polling the corpse forever.
+  preemption runs the job again instead of polling the corpse forever. The STACK subflow does that
+  by itself for a preempted job (``STACKFLOWS_BATCH__MAX_PREEMPTION_RETRIES`` times), never for a
+  job that failed at its work: that one fails the run with its exit code and stderr.
 - ``submit_gpu_job`` caches on the job id with a persisted result, so a retried run skips it (the
   UI shows "Cached"); the runners' idempotent submit covers a crash between submit and persist.
 - Polling uses NO_CACHE: every attempt must look at the job afresh.
@@ -26,7 +28,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import ArtifactCreate
 from prefect.context import FlowRunContext
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from clients.batch import BatchJobRequest, BatchRunner, JobNotFoundError, JobState, JobStatus, runner_from_settings
 from clients.settings import get_settings
@@ -41,6 +43,10 @@ MAX_ATTEMPTS = 99
 
 class JobFailedError(RuntimeError):
     """The GPU job ended without succeeding; the message carries its exit code and stderr tail."""
+
+
+class JobPreemptedError(JobFailedError):
+    """Batch preempted the job's VM more often than STACKFLOWS_BATCH__MAX_PREEMPTION_RETRIES lets a run retry."""
 
 
 class JobTimeoutError(TimeoutError):
@@ -67,6 +73,7 @@ class CollectedOutputs(BaseModel):
     manifest_uri: str
     outputs: dict[str, str]
     manifest: JobManifest
+    preemptions: int = Field(default=0, ge=0, description="Earlier attempts of this job that Batch preempted.")
 
     def read_summary(self) -> PredictionSummary:
         """The job's summary for the agent (top genes and shifts per context)."""
@@ -86,10 +93,16 @@ def attempt_id(base_id: str, attempt: int) -> str:
     return f"{base_id}-a{attempt}"
 
 
+def attempt_of(job_id: str) -> tuple[str, int]:
+    """``(base id, attempt number)`` of an ``attempt_id``."""
+    base_id, attempt = job_id.rsplit("-a", 1)
+    return base_id, int(attempt)
+
+
 def spec_for_job(spec: StackJobSpec, job_id: str) -> StackJobSpec:
     """Attempt 1 writes to the spec's output prefix; a later attempt to a fresh sibling, since a job
     never writes into a used location (the failed attempt left its progress and stderr there)."""
-    attempt = int(job_id.rsplit("-a", 1)[1])
+    attempt = attempt_of(job_id)[1]
     if attempt == 1:
         return spec
     return spec.model_copy(update={"output_prefix": f"{spec.output_prefix.rstrip('/')}-attempt{attempt}"})
@@ -111,6 +124,45 @@ def choose_job_id(base_id: str) -> str:
             return job_id
         logger.info("Job %s ended %s; the next attempt gets a new job", job_id, state.value)
     raise JobFailedError(f"{base_id}: {MAX_ATTEMPTS} attempts already ended badly; start a new run instead")
+
+
+@task(name="check-gpu-job-preempted", cache_policy=NO_CACHE)
+def job_preempted(job: SubmittedJob) -> bool:
+    """After the wait failed: did Batch take the job's VM away (exit codes 50001-50006), rather than
+    the work fail? Only then is a new attempt the fix; a job that failed at its work would fail again."""
+    try:
+        status = runner_from_settings().status(job.job_id)
+    except JobNotFoundError:
+        return False
+    if status.preempted:
+        get_run_logger().warning("GPU %s: preempted, its work was lost", status.describe())
+    return status.preempted
+
+
+def count_preemptions(job_id: str) -> int:
+    """How many attempts of this job, up to and including ``job_id``, Batch preempted (read back from
+    the backend, so a crashed and retried run still counts the ones before the crash)."""
+    runner = runner_from_settings()
+    base_id, last = attempt_of(job_id)
+    count = 0
+    for attempt in range(1, last + 1):
+        try:
+            count += runner.status(attempt_id(base_id, attempt)).preempted
+        except JobNotFoundError:
+            continue
+    return count
+
+
+def preempted_too_often(job_id: str, max_retries: int) -> JobPreemptedError:
+    """The error that ends a run whose job kept losing its VM: how often, the bound, and what to change."""
+    times = count_preemptions(job_id)
+    return JobPreemptedError(
+        f"GPU job {attempt_of(job_id)[0]} was preempted {times} time{'s' if times != 1 else ''} (exit codes "
+        f"50001-50006: Batch took its VM away); this run retried it {max_retries} time"
+        f"{'s' if max_retries != 1 else ''} by itself, as STACKFLOWS_BATCH__MAX_PREEMPTION_RETRIES={max_retries} "
+        "allows. Raise STACKFLOWS_BATCH__MAX_PREEMPTION_RETRIES, use standard VMs (STACKFLOWS_BATCH__SPOT=false), "
+        f"or press Retry to try again. {runner_from_settings().logs_hint(job_id)}"
+    )
 
 
 def _submit_cache_key(context: Any, parameters: dict[str, Any]) -> str:

@@ -9,7 +9,9 @@ The job's state is the process's real state; when it ends, the status events car
 the way Batch words them.
 
 Test controls: ``fail_next(n, status)`` answers the next n requests with an error (e.g. 503),
-``create_requests`` / ``cancel_requests`` / ``delete_requests`` count what reached the API, and
+``preempt(job_id)`` preempts a running job and ``preempt_first(n)`` the next n jobs created (each
+ends with exit code 50001 however its command ended), ``create_requests`` / ``cancel_requests`` /
+``delete_requests`` count what reached the API, ``created`` lists the jobs created in order, and
 ``pid_of(job_id)`` names the job's process.
 
     with FakeBatchApi() as fake:
@@ -66,10 +68,11 @@ class _FakeJob:
             if self.state != "RUNNING":
                 return
             new = "SUCCEEDED" if exit_code == 0 else "FAILED"
+            why = " due to Spot VM preemption" if exit_code == 50001 else ""
             self.events.append(
                 {
                     "type": "STATUS_CHANGED",
-                    "description": f"Task state is updated from RUNNING to {new} on zones/fake-zone/instances/0 with exit code {exit_code}.",
+                    "description": f"Task state is updated from RUNNING to {new} on zones/fake-zone/instances/0{why} with exit code {exit_code}.",
                     "eventTime": _now(),
                     "taskExecution": {"exitCode": exit_code},
                     "taskState": new,
@@ -123,6 +126,8 @@ class FakeBatchApi:
         self.cancel_requests = 0
         self.delete_requests = 0
         self.injected_errors = 0
+        self.created: list[str] = []
+        self._preempt_left = 0
         self._fail: list[int] = []
         self._lose_replies: list[int] = []
         self._lock = threading.Lock()
@@ -164,6 +169,13 @@ class FakeBatchApi:
         job.events = [e for e in job.events if "taskExecution" not in e and "from RUNNING" not in e["description"]]
         job.finish(50001)
 
+    def preempt_first(self, count: int) -> None:
+        """The next ``count`` jobs created end as preempted (exit code 50001) when their process ends,
+        whatever it did: Batch reclaimed the VM before the task's own end was recorded. Whatever the
+        process wrote stays under its output prefix, as a preempted job's files do."""
+        with self._lock:
+            self._preempt_left += count
+
     def pid_of(self, job_id: str) -> int:
         return next(job.process.pid for name, job in self.jobs.items() if name.endswith(f"/jobs/{job_id}"))
 
@@ -173,7 +185,7 @@ class FakeBatchApi:
 
     # -- the API ----------------------------------------------------------------------------------
 
-    def _run(self, name: str, body: dict) -> _FakeJob:
+    def _run(self, name: str, body: dict, preempted: bool = False) -> _FakeJob:
         task = body["taskGroups"][0]["taskSpec"]
         container = task["runnables"][0]["container"]
         variables = task.get("environment", {}).get("variables", {})
@@ -189,7 +201,12 @@ class FakeBatchApi:
                 container["commands"], env=env, cwd=job_dir, stdout=out, stderr=err, start_new_session=True
             )
         job = _FakeJob(name, body, process, job_dir)
-        threading.Thread(target=lambda: job.finish(process.wait()), daemon=True).start()
+
+        def watch() -> None:
+            exit_code = process.wait()
+            job.finish(50001 if preempted else exit_code)
+
+        threading.Thread(target=watch, daemon=True).start()
         return job
 
     def _handle(self, method: str, path: str, query: dict[str, list[str]], body: dict | None) -> tuple[int, dict]:
@@ -238,7 +255,9 @@ class FakeBatchApi:
         with self._lock:
             if name in self.jobs:
                 return _error(409, f"Resource {name} already exists")
-            self.jobs[name] = job = self._run(name, body)
+            preempted, self._preempt_left = self._preempt_left > 0, max(self._preempt_left - 1, 0)
+            self.jobs[name] = job = self._run(name, body, preempted)
+            self.created.append(job_id)
         return 200, job.as_json()
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:

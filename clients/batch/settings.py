@@ -67,6 +67,14 @@ class BatchSettings(BaseModel):
         ),
     )
     spot: bool = Field(default=False, description="Use Spot VMs (cheaper; preempted jobs fail with exit code 50001).")
+    max_preemption_retries: int = Field(
+        default=3,
+        ge=0,
+        description=(
+            "How many times a run submits a new attempt by itself after its job was preempted (exit codes "
+            "50001-50006); 0: a preemption fails the run until someone presses Retry."
+        ),
+    )
     max_run_duration_s: int = Field(default=4 * 3600, ge=60, description="Batch kills the task after this long.")
     service_account: str | None = Field(
         default=None, description="Service account email of the job VM (needs storage access to the inputs/outputs)."

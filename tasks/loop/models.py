@@ -50,6 +50,7 @@ class RoundRecord(BaseModel):
     summary: PredictionSummary
     evaluation: GroundingEvaluation
     manifest: JobManifest | None = Field(default=None, description="The job's manifest (the report's job figures).")
+    preemptions: int = Field(default=0, ge=0, description="Times Batch preempted the job before it ran to the end.")
 
     @property
     def composite(self) -> int | None:

@@ -28,9 +28,12 @@ class JobFigures(BaseModel):
     wall_seconds: float
     gpu_seconds: float = Field(description="Wall time on a GPU; 0 when the job ran on the CPU.")
     peak_memory_mb: float
+    preemptions: int = Field(
+        default=0, ge=0, description="Times Batch preempted the job's VM before this attempt (each retried by itself)."
+    )
 
     @classmethod
-    def from_manifest(cls, job_id: str, manifest: JobManifest) -> JobFigures:
+    def from_manifest(cls, job_id: str, manifest: JobManifest, preemptions: int = 0) -> JobFigures:
         # timings_s holds the parts and, beside them, "total_s" (inference.stack_job): the total is
         # that one, never the parts plus it.
         timings = manifest.timings_s
@@ -46,6 +49,7 @@ class JobFigures(BaseModel):
             wall_seconds=wall,
             gpu_seconds=wall if manifest.device.startswith("cuda") else 0.0,
             peak_memory_mb=manifest.peak_memory_mb,
+            preemptions=preemptions,
         )
 
 

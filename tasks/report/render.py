@@ -68,6 +68,8 @@ def ordered_sections(report: AnalysisReport, url_for: Callable[[str], str | None
         f"- wall time: {job.wall_seconds:.1f} s, GPU-seconds: {job.gpu_seconds:.1f}, "
         f"peak memory: {job.peak_memory_mb:.0f} MB",
         f"- model: {job.model_parameters:,} parameters, {'trained' if job.model_trained else 'UNTRAINED'}",
+        *([f"- Spot preemptions: {job.preemptions} (each retried by itself: a new attempt into a fresh prefix)"]
+          if job.preemptions else []),
     ])))  # fmt: skip
     findings_md = model_markdown(findings.markdown).strip()
     sections.append(Section("findings", f"## Findings ({md_inline(findings.written_by)})\n\n{findings_md}"))
