@@ -4,7 +4,8 @@ The emulator speaks the GCS JSON API well enough for the real google-cloud-stora
 ignores generation preconditions: ``ifGenerationMatch=0`` does not stop an overwrite. The proxy
 in front of it enforces them the way GCS does (412 when the precondition fails), records every
 request the client sends (so tests can check what *our* code asked for), and can inject faults:
-transient 503s and flipped bytes. Our code is never patched: it only sees an HTTP endpoint.
+transient 503s, lost replies (the request is carried out, the answer replaced by a 503) and flipped
+bytes. Our code is never patched: it only sees an HTTP endpoint.
 
     with gcs_emulator() as gcs:
         os.environ["STORAGE_EMULATOR_HOST"] = gcs.url
@@ -45,11 +46,16 @@ class RecordedRequest:
 
 @dataclass
 class Fault:
-    """Answer ``status`` instead of forwarding, ``times`` times, to requests ``matches`` picks."""
+    """Answer ``status`` instead of forwarding, ``times`` times, to requests ``matches`` picks.
+
+    ``lose_reply``: forward the request first (GCS does the work, e.g. stores the object) and answer
+    ``status`` instead of its reply, as when the reply is lost on the way back.
+    """
 
     matches: Callable[[RecordedRequest], bool]
     times: int
     status: int = 503
+    lose_reply: bool = False
 
 
 @dataclass
@@ -124,7 +130,7 @@ def _handler(proxy: GcsProxy) -> type[BaseHTTPRequestHandler]:
                 fault = next((f for f in proxy.faults if f.times > 0 and f.matches(req)), None)
                 if fault:
                     fault.times -= 1
-            if fault:
+            if fault and not fault.lose_reply:
                 return self._reply(
                     fault.status, [], json.dumps({"error": {"code": fault.status, "message": "injected"}}).encode()
                 )
@@ -140,6 +146,10 @@ def _handler(proxy: GcsProxy) -> type[BaseHTTPRequestHandler]:
             status, resp_headers, resp_body = proxy.forward(self.command, self.path, headers, body)
             if proxy.corrupt_downloads and req.query.get("alt") == ["media"] and resp_body:
                 resp_body = bytes([resp_body[0] ^ 0xFF]) + resp_body[1:]
+            if fault:  # lose_reply: the work is done, the answer never arrives
+                return self._reply(
+                    fault.status, [], json.dumps({"error": {"code": fault.status, "message": "reply lost"}}).encode()
+                )
             self._reply(status, resp_headers, resp_body)
 
         def _precondition_target(self, path: str, req: RecordedRequest) -> tuple[str, str | None] | None:

@@ -8,6 +8,11 @@ against the object's crc32c before they are moved into place. Transient errors (
 connection resets) are retried with google-api-core's ``Retry``. A large file to be stored under
 its own hash (``prepare_upload``) is read into memory while it is hashed, so it is read only once.
 
+A retried create-only write can meet its own object: GCS stored it, the reply was lost, and the
+retry gets 412 (or, for a resumable upload, 404 for the finished session). When the object there
+has our size and crc32c (and our sha256 in its metadata, where it has one), the write is done and
+succeeds; anything else keeps the error, naming the object and what it holds.
+
 The client is a plain ``storage.Client``: with ``STORAGE_EMULATOR_HOST`` set it talks, anonymously,
 to that emulator instead of Google.
 
@@ -18,6 +23,7 @@ to that emulator instead of Google.
 from __future__ import annotations
 
 import hashlib
+import logging
 import mimetypes
 import os
 import tempfile
@@ -38,6 +44,8 @@ from clients.storage.uris import split_gs_uri
 
 CHUNK_QUANTUM = 256 * 1024  # GCS requires resumable chunks to be multiples of 256 KiB
 RESUMABLE_THRESHOLD = 8 * 1024 * 1024  # above this a file goes up in chunks (the library's own threshold)
+
+log = logging.getLogger(__name__)
 
 
 def round_chunk_size(nbytes: int) -> int:
@@ -104,16 +112,20 @@ class GcsStore(ObjectStore):
         resumable = digest.size > RESUMABLE_THRESHOLD
         blob = self._blob(uri, chunk_size=self.chunk_size if resumable else None)
         blob.metadata = {"sha256": digest.sha256}
-        with self._errors(uri):
-            blob.upload_from_file(
-                stream,
-                size=digest.size,
-                content_type=content_type,
-                if_generation_match=0,
-                checksum=None if resumable else "crc32c",
-                crc32c_checksum_value=digest.crc32c if resumable else None,
-                retry=self.retry,
-            )
+        try:
+            with self._errors(uri):
+                blob.upload_from_file(
+                    stream,
+                    size=digest.size,
+                    content_type=content_type,
+                    if_generation_match=0,
+                    checksum=None if resumable else "crc32c",
+                    crc32c_checksum_value=digest.crc32c if resumable else None,
+                    retry=self.retry,
+                )
+        except (ObjectExistsError, ObjectNotFoundError) as refused:
+            self._ours_already_there(uri, digest.size, digest.crc32c, digest.sha256, refused)
+            return StoredObject(uri=uri, size=digest.size, sha256=digest.sha256, uploaded=False)
         self._verify_upload(blob, uri, digest.crc32c)
         return StoredObject(uri=uri, size=digest.size, sha256=digest.sha256, uploaded=True)
 
@@ -121,10 +133,36 @@ class GcsStore(ObjectStore):
         sha = hashlib.sha256(data).hexdigest()
         blob = self._blob(uri)
         blob.metadata = {"sha256": sha}
-        with self._errors(uri):
-            blob.upload_from_string(data, if_generation_match=0, checksum="crc32c", retry=self.retry)
+        try:
+            with self._errors(uri):
+                blob.upload_from_string(data, if_generation_match=0, checksum="crc32c", retry=self.retry)
+        except (ObjectExistsError, ObjectNotFoundError) as refused:
+            self._ours_already_there(uri, len(data), crc32c_b64(data), sha, refused)
+            return StoredObject(uri=uri, size=len(data), sha256=sha, uploaded=False)
         self._verify_upload(blob, uri, crc32c_b64(data))
         return StoredObject(uri=uri, size=len(data), sha256=sha, uploaded=True)
+
+    def _ours_already_there(self, uri: str, size: int, crc32c: str, sha256: str, refused: Exception) -> None:
+        """Return if the object at ``uri`` holds exactly our bytes (a retry met our own write); else raise ``refused``.
+
+        412 on a create-only write means something is there; a 404 on an upload means its session
+        or bucket is gone. Either way, the object GCS now holds decides.
+        """
+        try:
+            there = self._metadata(uri)
+        except ObjectNotFoundError:
+            raise refused  # nothing there: the original error is the whole story
+        their_sha = (there.metadata or {}).get("sha256")
+        if int(there.size or 0) == size and there.crc32c == crc32c and their_sha in (None, sha256):
+            log.info("%s: the create-only write met an object with our size and crc32c: already written", uri)
+            return
+        if isinstance(refused, ObjectExistsError):
+            raise ObjectExistsError(
+                f"{uri}: an object is already there and it is not ours (it holds {there.size} bytes, crc32c "
+                f"{there.crc32c}; we wrote {size} bytes, crc32c {crc32c}); writes never overwrite: write to a new "
+                "prefix, or remove that object if it is stale"
+            ) from refused
+        raise refused
 
     def _verify_upload(self, blob: storage.Blob, uri: str, expected_crc32c: str) -> None:
         if blob.crc32c != expected_crc32c:

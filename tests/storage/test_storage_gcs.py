@@ -143,3 +143,66 @@ def test_storage_gcs_proxy_only_refuses_what_the_client_asks_for(gcs: GcsEmulato
 
     assert blob.download_as_bytes() == b"second"
     assert all("ifGenerationMatch" not in r.query for r in gcs.proxy.upload_starts())
+
+
+def _object_created(r) -> bool:
+    """The request that completes an object: a multipart upload, or a resumable upload's last chunk."""
+    return (r.is_upload_start() and r.query.get("uploadType") == ["multipart"]) or (
+        r.method == "PUT" and "upload_id" in r.query
+    )
+
+
+def _nth_chunk(n: int):
+    """Matches the n-th chunk PUT of a resumable upload (counted from 1)."""
+    seen = []
+
+    def matches(r) -> bool:
+        if r.method == "PUT" and "upload_id" in r.query:
+            seen.append(r)
+            return len(seen) == n
+        return False
+
+    return matches
+
+
+@pytest.mark.parametrize(("size", "finishing_request"), [
+    (100, lambda: _object_created),
+    (9 * 1024 * 1024 + 5, lambda: _nth_chunk(10)),  # 1 MiB chunks: the tenth (5 bytes) finishes the object
+], ids=["multipart", "resumable"])
+def test_storage_gcs_create_only_write_whose_reply_was_lost_succeeds(
+    gcs: GcsEmulator, tmp_path: Path, size: int, finishing_request
+) -> None:
+    """GCS stored the object but the reply was lost; the retry meets 412 and finds our own bytes there."""
+    uri = f"{ROOT}/out/predictions.h5ad"
+    local = tmp_path / "predictions.h5ad"
+    local.write_bytes(os.urandom(size))
+    gcs.proxy.faults.append(Fault(finishing_request(), times=1, status=503, lose_reply=True))
+
+    stored = store_for(uri).put_file(local, uri)
+
+    assert gcs.proxy.faults[0].times == 0  # the reply really was lost
+    assert stored.uri == uri and stored.size == size
+    assert store_for(uri).get_bytes(uri) == local.read_bytes()
+
+
+def test_storage_gcs_lost_reply_of_bytes_then_412_is_a_success(gcs: GcsEmulator) -> None:
+    uri = f"{ROOT}/out/progress.json"
+    gcs.proxy.faults.append(Fault(_object_created, times=1, status=503, lose_reply=True))
+
+    stored = store_for(uri).put_bytes(b'{"done": true}', uri)
+
+    assert gcs.proxy.faults[0].times == 0
+    assert stored.uri == uri and store_for(uri).get_bytes(uri) == b'{"done": true}'
+    assert [r.query.get("ifGenerationMatch") for r in gcs.proxy.upload_starts()] == [["0"], ["0"]]
+
+
+def test_storage_gcs_412_over_different_bytes_still_fails_naming_the_object(gcs: GcsEmulator) -> None:
+    uri = f"{ROOT}/out/summary.json"
+    store = store_for(uri)
+    store.put_bytes(b"theirs", uri)
+    gcs.proxy.faults.append(Fault(_object_created, times=1, status=503, lose_reply=True))
+
+    with pytest.raises(ObjectExistsError, match="gs://stackflows-test/root/out/summary.json"):
+        store.put_bytes(b"ours", uri)
+
+    assert store.get_bytes(uri) == b"theirs"
