@@ -26,7 +26,7 @@ from clients.settings import get_settings
 from clients.storage import join_uri
 from flows.faults import fault_point, round_step
 from flows.stack_inference import cancel_gpu_jobs_of_flow_run, stack_inference
-from inference.contract import DE_FILE, PREDICTIONS_FILE, SUMMARY_FILE
+from inference.contract import DE_FILE, GENE_MEANS_FILE, PREDICTIONS_FILE, SUMMARY_FILE
 from tasks.agent.steps import plan_round
 from tasks.grounding.expectations import query_type_of
 from tasks.grounding.models import Expectations
@@ -125,6 +125,8 @@ def analysis_round(
             "de": collected.outputs[DE_FILE],
             "summary": collected.outputs[SUMMARY_FILE],
             "manifest": collected.manifest_uri,
+            # the report's plot reads the job's per-gene means (a job without them: no plot)
+            **({"gene_means": collected.outputs[GENE_MEANS_FILE]} if GENE_MEANS_FILE in collected.outputs else {}),
         },
         gpu_seconds=wall if manifest.device.startswith("cuda") else 0.0,
         wall_seconds=wall,

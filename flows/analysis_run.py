@@ -101,7 +101,7 @@ def analysis_run(request: AnalysisRequest) -> AnalysisReport:
         outputs={"predictions": best.outputs["predictions"], "de": best.outputs["de"], "manifest": best.outputs["manifest"]},
     )
     return publish_report(
-        report, query.uri, report.outputs["predictions"], join_uri(run_prefix, "report"), de_uri=best.outputs["de"]
+        report, join_uri(run_prefix, "report"), de_uri=best.outputs["de"], gene_means_uri=best.outputs.get("gene_means")
     )
 
 

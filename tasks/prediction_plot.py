@@ -2,24 +2,37 @@
 
 A point on the diagonal is a gene the context left alone; the spread off it is what STACK changed.
 Expression is compared as mean log1p(CPM) so inputs and predictions of different depth line up.
-The query's side is read from the matrix and gene names the job read (recorded in the predictions'
-``uns["stack_job"]``), with the job's own helpers: plot and predictions always show the same data.
+
+The plot draws from the job's ``gene_means.parquet`` (``inference.contract.GENE_MEANS_COLUMNS``: a
+row per source, context and model gene), which the job computes in chunks from the matrices it
+read: the flow never loads the query or the predictions, whatever their size. ``gene_means_table``
+computes the same table from AnnData in memory, with the same maths, for tests and small data.
+matplotlib is imported only when a figure is drawn.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
-import anndata as ad
-import matplotlib
-
-matplotlib.use("Agg")  # headless: workers and CI have no display
-import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
-from inference.contract import MatrixLocation
-from inference.data import gene_positions, gene_symbols, matrix_at, resolve_matrix, var_of
+from inference.contract import GENE_MEANS_COLUMNS, MatrixLocation
+
+if TYPE_CHECKING:
+    import anndata as ad
+
+QUERY_INPUT, PREDICTION = "query_input", "prediction"  # the table's sources
+
+
+class Panel(NamedTuple):
+    """One context's points: x the query input's mean, y the context's, a gene each."""
+
+    context: str
+    query: np.ndarray
+    predicted: np.ndarray
 
 
 def mean_log1p_cpm(matrix: np.ndarray | sp.spmatrix) -> np.ndarray:
@@ -42,6 +55,14 @@ def query_means_on_genes(
     ``matrix`` and ``gene_name_column`` say what the job read (None: arc-stack's choice, raw.X when
     there is a .raw, and var_names).
     """
+    from inference.data import (
+        gene_positions,
+        gene_symbols,
+        matrix_at,
+        resolve_matrix,
+        var_of,
+    )
+
     location = resolve_matrix(query, matrix)
     values = matrix_at(query, location)
     symbols = gene_symbols(var_of(query, location), gene_name_column)
@@ -61,18 +82,63 @@ def what_the_job_read(predictions: ad.AnnData) -> tuple[MatrixLocation | None, s
     return recorded.get("query_matrix"), recorded.get("gene_name_column")
 
 
-def plot_predictions_vs_query(query: ad.AnnData, predictions: ad.AnnData, split_key: str, out: Path) -> Path:
-    """One panel per context; returns the PNG's path. The query is read as the job read it."""
-    genes = list(predictions.var_names)
-    x = query_means_on_genes(query, genes, *what_the_job_read(predictions))
-    splits = list(dict.fromkeys(predictions.obs[split_key].astype(str)))
-    fig, axes = plt.subplots(1, len(splits), figsize=(4.2 * len(splits), 4.2), squeeze=False)
-    for ax, split in zip(axes[0], splits):
-        y = mean_log1p_cpm(predictions[predictions.obs[split_key].astype(str) == split].X)
+def gene_means_table(query: ad.AnnData, predictions: ad.AnnData, split_key: str = "split_value") -> pd.DataFrame:
+    """``gene_means.parquet`` computed in memory from a query and its predictions (tests, small data).
+
+    The query's side is its generated cells (``predictions.obs["query_cell"]``) read as the job read
+    them (``uns["stack_job"]``); each context's side is its predicted cells.
+    """
+    genes = [str(g) for g in predictions.var_names]
+    generated = query[query.obs_names.isin(predictions.obs["query_cell"])]
+    parts = [_rows(QUERY_INPUT, None, genes, query_means_on_genes(generated, genes, *what_the_job_read(predictions)))]
+    contexts = predictions.obs[split_key].astype(str)
+    for context in dict.fromkeys(contexts):
+        parts.append(_rows(PREDICTION, context, genes, mean_log1p_cpm(predictions[contexts == context].X)))
+    return pd.concat(parts, ignore_index=True)
+
+
+def _rows(source: str, context: str | None, genes: list[str], means: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame(
+        {"source": source, "split_value": context, "gene": genes, "mean_log1p_cpm": np.asarray(means, dtype=float)},
+        columns=GENE_MEANS_COLUMNS,
+    )
+
+
+def panels(gene_means: pd.DataFrame, name: str = "gene_means") -> list[Panel]:
+    """A panel per predicted context, in the table's order; the query's mean matched by gene (a gene
+    the query lacks counts as zero, as the job counts it)."""
+    missing = [c for c in GENE_MEANS_COLUMNS if c not in gene_means.columns]
+    if missing:
+        raise ValueError(f"{name}: columns {missing} are missing (has {list(gene_means.columns)}); it is not a gene-means table")
+    query = gene_means[gene_means["source"] == QUERY_INPUT]
+    if query.empty:
+        raise ValueError(f"{name}: no rows with source {QUERY_INPUT!r}; the job wrote no query means to plot against")
+    query_by_gene = query.drop_duplicates("gene").set_index("gene")["mean_log1p_cpm"].astype(float)
+    predicted = gene_means[gene_means["source"] == PREDICTION]
+    contexts = predicted["split_value"].astype(str)
+    result = []
+    for context in dict.fromkeys(contexts):
+        rows = predicted[contexts == context]
+        x = query_by_gene.reindex(rows["gene"]).fillna(0.0).to_numpy()
+        result.append(Panel(context, x, rows["mean_log1p_cpm"].astype(float).to_numpy()))
+    return result
+
+
+def plot_predictions_vs_query(gene_means: pd.DataFrame, out: Path) -> Path:
+    """One panel per context of the job's gene means; returns the PNG's path."""
+    return draw_panels(panels(gene_means), out)
+
+
+def draw_panels(drawn: list[Panel], out: Path) -> Path:
+    """Scatter each panel against the diagonal and save the PNG."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, max(len(drawn), 1), figsize=(4.2 * max(len(drawn), 1), 4.2), squeeze=False)
+    for ax, panel in zip(axes[0], drawn):
+        x, y = panel.query, panel.predicted
         ax.scatter(x, y, s=4, alpha=0.5)
         top = max(float(x.max(initial=0)), float(y.max(initial=0))) * 1.05 or 1.0
         ax.plot([0, top], [0, top], color="grey", linewidth=0.8)
-        ax.set_title(f"context: {split}", fontsize=9)
+        ax.set_title(f"context: {panel.context}", fontsize=9)
         ax.set_xlabel("query input, mean log1p CPM")
         ax.set_ylabel("predicted, mean log1p CPM")
     fig.tight_layout()
@@ -80,3 +146,13 @@ def plot_predictions_vs_query(query: ad.AnnData, predictions: ad.AnnData, split_
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def _pyplot():
+    """matplotlib.pyplot on the headless backend, imported when a figure is drawn (it costs ~0.5 s)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # workers and CI have no display
+    import matplotlib.pyplot as plt
+
+    return plt

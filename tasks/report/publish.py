@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import tempfile
 from pathlib import Path
 
-import anndata as ad
 import pandas as pd
 from prefect import task
 from prefect.artifacts import (
@@ -34,7 +34,6 @@ from tasks.report_text import (
     md_inline,
     plain_data,
 )
-from tasks.staging import local_input
 
 _NO_LINK = (
     "no browser link: set STACKFLOWS_API__PUBLIC_URL and STACKFLOWS_API__TOKEN for the worker "
@@ -88,29 +87,38 @@ def publish_iterations(rows: list[RoundRow]) -> None:
     )
 
 
+def predictions_plot_png(gene_means_uri: str) -> bytes:
+    """The query-vs-predictions PNG, drawn from the job's gene means (a few MB at most, whatever the
+    number of cells: the flow never reads the query or predictions matrices)."""
+    data = store_for(gene_means_uri).get_bytes(gene_means_uri)
+    gene_means = pd.read_parquet(io.BytesIO(data))
+    with tempfile.TemporaryDirectory(prefix="stackflows-report-") as tmp:
+        return plot_predictions_vs_query(gene_means, Path(tmp) / "predictions_vs_query.png").read_bytes()
+
+
 @task(name="publish-report", cache_policy=INPUTS, persist_result=True)
 def publish_report(
-    report: AnalysisReport, query_uri: str, predictions_uri: str, report_prefix: str, de_uri: str | None = None
+    report: AnalysisReport, report_prefix: str, de_uri: str | None = None, gene_means_uri: str | None = None
 ) -> AnalysisReport:
     """Plot, write the report files beside the outputs, and show the report on the run page.
 
     ``de_uri``: the job's DE table; with it, a volcano plot per context is drawn and written too.
+    ``gene_means_uri``: the job's per-gene means (``gene_means.parquet``); with it, the query input
+    against each context's predictions is drawn. Embed mode writes none: the plot is then left out.
     With several rounds, ``report`` holds the best round's plan, job, summary, evaluation (and
     ``de_uri`` is its DE table) plus a row per round; the scores across rounds are drawn beside it.
     """
     logger = get_run_logger()
     store = store_for(report_prefix)
-    # local_input: the file itself when local; remote ones come from the download cache that
-    # validation already filled for the query.
-    query = ad.read_h5ad(local_input(query_uri))
-    predictions = ad.read_h5ad(local_input(predictions_uri))
-    query = query[query.obs_names.isin(predictions.obs["query_cell"])]  # the cells that were generated
-    with tempfile.TemporaryDirectory(prefix="stackflows-report-") as tmp:
-        png = plot_predictions_vs_query(query, predictions, "split_value", Path(tmp) / "predictions_vs_query.png")
-        plot_png = png.read_bytes()
-    plot_uri = store.put_bytes_once(plot_png, join_uri(report_prefix, "predictions_vs_query.png"))
-    images = {plot_uri: plot_png}
-    outputs = {**report.outputs, "plot": plot_uri}
+    images: dict[str, bytes] = {}
+    outputs = dict(report.outputs)
+    if gene_means_uri is not None:
+        plot_png = predictions_plot_png(gene_means_uri)
+        plot_uri = store.put_bytes_once(plot_png, join_uri(report_prefix, "predictions_vs_query.png"))
+        images[plot_uri] = plot_png
+        outputs.update(gene_means=gene_means_uri, plot=plot_uri)
+    else:
+        logger.info("No per-gene means from the job (embed mode writes none): the query-vs-predictions plot is left out")
     volcanoes = dict(report.volcano_plots)
     if de_uri is not None and de_uri not in outputs.values():
         outputs["de_table"] = de_uri  # listed once, under whatever name the flow gave it
@@ -155,7 +163,8 @@ def publish_report(
     if report.top_genes:
         rows = _escaped(de_gene_rows(report.top_genes))
         create_table_artifact(rows, key="de-genes", description="Top DE genes per context, against its reference")
-    _output_link_artifact(plot_uri, "query input vs predictions (PNG)", "prediction-plot")
+    if "plot" in outputs:
+        _output_link_artifact(outputs["plot"], "query input vs predictions (PNG)", "prediction-plot")
     _output_link_artifact(outputs["report_html"], "the report (HTML)", "report-html")
     logger.info("Report written to %s", outputs["report_markdown"])
     return report

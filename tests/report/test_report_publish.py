@@ -22,6 +22,7 @@ from clients.output_links import verify
 from clients.settings import Settings, get_settings
 from clients.storage import join_uri, local_path_of
 from tasks.agent.plan import Findings, RunPlan
+from tasks.prediction_plot import gene_means_table
 from tasks.report import AnalysisReport, JobFigures, TopGene, document_caveats, document_line, publish_report
 from tests.report.hostile import FORGED_FINDINGS, FORGED_QUESTION
 from tests.report.markup import assert_inert, parse_html, rendered
@@ -58,7 +59,8 @@ class Published:
 
 
 def hostile_inputs(directory: Path) -> tuple[str, str]:
-    """A query h5ad and the predictions a job would write for it, under a hostile context name."""
+    """The predictions a job would write for a query, under a hostile context name, and the job's
+    gene means of both (computed here as the job computes them): URIs of the h5ad and the parquet."""
     genes = [f"G{i}" for i in range(8)]
     counts = np.random.default_rng(0).poisson(3.0, size=(6, len(genes))).astype(np.float32)
     cells = [f"cell{i}" for i in range(6)]
@@ -68,9 +70,9 @@ def hostile_inputs(directory: Path) -> tuple[str, str]:
         obs=pd.DataFrame({"query_cell": cells, "split_value": [HOSTILE_VALUE] * 6}, index=[f"p{i}" for i in range(6)]),
         var=pd.DataFrame(index=genes),
     )
-    query.write_h5ad(directory / "query.h5ad")
     predictions.write_h5ad(directory / "predictions.h5ad")
-    return (directory / "query.h5ad").as_uri(), (directory / "predictions.h5ad").as_uri()
+    gene_means_table(query, predictions).to_parquet(directory / "gene_means.parquet", index=False)
+    return (directory / "predictions.h5ad").as_uri(), (directory / "gene_means.parquet").as_uri()
 
 
 def hostile_report(predictions_uri: str) -> AnalysisReport:
@@ -110,13 +112,13 @@ def hostile_report(predictions_uri: str) -> AnalysisReport:
 
 
 def publish(settings: Settings, tmp_path: Path) -> Published:
-    query_uri, predictions_uri = hostile_inputs(tmp_path)
+    predictions_uri, gene_means_uri = hostile_inputs(tmp_path)
 
     @flow(name="publish-report-test")
     def run() -> tuple[AnalysisReport, UUID]:
         run_id = FlowRunContext.get().flow_run.id
         prefix = join_uri(settings.storage_root, "runs", str(run_id), "report")
-        return publish_report(hostile_report(predictions_uri), query_uri, predictions_uri, prefix), run_id
+        return publish_report(hostile_report(predictions_uri), prefix, gene_means_uri=gene_means_uri), run_id
 
     report, run_id = run()
     return Published(report, run_id, run_artifacts(run_id))

@@ -24,7 +24,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture
 def published(prefect_api: None, settings: Settings, tmp_path: Path) -> tuple[AnalysisReport, dict]:
-    query_uri, predictions_uri = hostile_inputs(tmp_path)
+    predictions_uri, gene_means_uri = hostile_inputs(tmp_path)
     de_uri = grounded.write_de_table(tmp_path / "de.parquet", [grounded.HOSTILE_GENE, "G1", "G2", "G3"])
 
     @flow(name="publish-grounded-report-test")
@@ -32,7 +32,7 @@ def published(prefect_api: None, settings: Settings, tmp_path: Path) -> tuple[An
         run_id = str(FlowRunContext.get().flow_run.id)
         prefix = join_uri(settings.storage_root, "runs", run_id, "report")
         report = grounded.report(outputs={"predictions": predictions_uri})
-        return publish_report(report, query_uri, predictions_uri, prefix, de_uri=de_uri), run_id
+        return publish_report(report, prefix, de_uri=de_uri, gene_means_uri=gene_means_uri), run_id
 
     report, run_id = run()
     return report, run_artifacts(run_id)

@@ -133,7 +133,7 @@ def test_an_unassessed_score_is_a_gap_in_the_trajectory_never_a_zero() -> None:
 
 @pytest.fixture
 def published(prefect_api: None, settings: Settings, tmp_path: Path) -> tuple[AnalysisReport, dict, str]:
-    query_uri, predictions_uri = hostile_inputs(tmp_path)
+    predictions_uri, gene_means_uri = hostile_inputs(tmp_path)
 
     @flow(name="publish-looped-report-test")
     def run() -> tuple[AnalysisReport, str]:
@@ -143,7 +143,7 @@ def published(prefect_api: None, settings: Settings, tmp_path: Path) -> tuple[An
         publish_iterations(rows)
         prefix = join_uri(settings.storage_root, "runs", run_id, "report")
         report = looped().model_copy(update={"outputs": {"predictions": predictions_uri}})
-        return publish_report(report, query_uri, predictions_uri, prefix), run_id
+        return publish_report(report, prefix, gene_means_uri=gene_means_uri), run_id
 
     report, run_id = run()
     return report, run_artifacts(run_id), run_id
