@@ -244,15 +244,22 @@ def progress_of(status: JobStatus) -> tuple[float, str]:
 
 
 @task(name="wait-for-gpu-job", cache_policy=NO_CACHE)
-def wait_for_gpu_job(job: SubmittedJob) -> JobStatus:
-    """Poll until the job ends; raise JobFailedError/JobTimeoutError with what a person needs to act."""
+def wait_for_gpu_job(job: SubmittedJob, runner: BatchRunner | None = None) -> JobStatus:
+    """Poll until the job ends; raise JobFailedError/JobTimeoutError with what a person needs to act.
+
+    Between polls the runner's ``wait_for_change`` waits: the local runner returns the moment the
+    job's process ends, so no backoff interval is added after it. Once the job says it is writing
+    its outputs, the end is near: polls go back to the shortest interval (Batch too).
+    ``runner``: the settings' runner unless given.
+    """
     settings = get_settings().batch
-    runner = runner_from_settings()
+    runner = runner or runner_from_settings()
     logger = get_run_logger()
     artifact = _ProgressArtifact(job.job_id)
     deadline = time.monotonic() + settings.wait_timeout_s
     last_state = None
-    for interval in poll_intervals(settings.poll_initial_s, settings.poll_max_s):
+    backoff = poll_intervals(settings.poll_initial_s, settings.poll_max_s)
+    while True:
         try:
             status = runner.status(job.job_id)
         except JobNotFoundError:
@@ -267,14 +274,15 @@ def wait_for_gpu_job(job: SubmittedJob) -> JobStatus:
             return status
         if status.state in (JobState.FAILED, JobState.CANCELLED):
             raise JobFailedError(failure_message(status, runner))
+        writing = status.progress is not None and status.progress.phase == "writing"
+        interval = settings.poll_initial_s if writing else next(backoff)
         if time.monotonic() + interval > deadline:
             raise JobTimeoutError(
                 f"GPU job {job.job_id} is still {status.state.value} after {settings.wait_timeout_s:.0f} s "
                 f"(STACKFLOWS_BATCH__WAIT_TIMEOUT_S); the run stops waiting and cancels it. Raise the timeout "
                 f"for larger inputs. {runner.logs_hint(job.job_id)}"
             )
-        time.sleep(interval)
-    raise AssertionError("unreachable")
+        runner.wait_for_change(job.job_id, interval)
 
 
 def verify_outputs(job_id: str, output_prefix: str) -> CollectedOutputs:

@@ -8,6 +8,7 @@ returns it instead of starting a second job: that is what makes a retried flow r
 from __future__ import annotations
 
 import re
+import time
 from abc import ABC, abstractmethod
 from enum import Enum
 
@@ -130,6 +131,15 @@ class BatchRunner(ABC):
     @abstractmethod
     def logs_hint(self, job_id: str) -> str:
         """Where a person finds the job's full logs."""
+
+    def wait_for_change(self, job_id: str, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for the job to end; True when it did (or may have) before the time was up.
+
+        A poller calls this between status calls instead of sleeping. Here it just sleeps (a remote
+        backend is only known by asking it again); a runner that can see its job end returns at once.
+        """
+        time.sleep(timeout_s)
+        return False
 
 
 def read_progress(output_prefix: str) -> JobProgress | None:

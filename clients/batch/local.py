@@ -9,6 +9,9 @@ different worker on the same machine) can find and poll a job it did not start::
     exit_code      written by clients.batch.job_wrapper when the job ends
     cancelled      written by cancel() before it kills the process group
 
+A poller waits with ``wait_for_change``, which returns as soon as the job's process has ended (its
+exit-code file appears, or its process group is gone) instead of sleeping out a poll interval.
+
 A job is created in a hidden temporary directory and renamed into place: the rename is atomic and
 fails if the id exists, so two submitters of one id start exactly one job. The job picks its own
 device (``device: auto`` uses the GPU when torch sees one).
@@ -42,6 +45,10 @@ from clients.batch.base import (
 )
 
 _KILL_GRACE_S = 5.0
+# wait_for_change looks for the exit-code file and the wrapper's /proc entry this often (two cheap
+# stat-like calls), and scans the process group at most every _GROUP_SCAN_S (it reads all of /proc).
+_WATCH_S = 0.05
+_GROUP_SCAN_S = 1.0
 
 
 def _proc_stat(pid: int) -> list[str] | None:
@@ -130,14 +137,8 @@ class LocalProcessRunner(BatchRunner):
         return int(pid), ticks.strip()
 
     def _alive(self, job_dir: Path) -> bool:
-        pid, ticks = self._pid(job_dir)
-        if Path("/proc").is_dir():
-            fields = _proc_stat(pid)
-            # the wrapper itself alive (not a zombie, not a new process that reused the pid), or
-            # its children still running after it died
-            if fields and fields[0] != "Z" and (not ticks or fields[19] == ticks):
-                return True
-        return _group_alive(pid)
+        """The wrapper alive, or its children still running after it died."""
+        return self._wrapper_alive(job_dir) or _group_alive(self._pid(job_dir)[0])
 
     def status(self, job_id: str) -> JobStatus:
         job_dir = self.job_dir(job_id)
@@ -164,6 +165,34 @@ class LocalProcessRunner(BatchRunner):
         if status.state is JobState.FAILED:
             status.stderr_tail = self._stderr_tail(job_dir)
         return status
+
+    def wait_for_change(self, job_id: str, timeout_s: float) -> bool:
+        """Return True as soon as the job's process has ended, False when ``timeout_s`` passed first."""
+        job_dir = self.job_dir(job_id)
+        if not job_dir.is_dir():
+            raise JobNotFoundError(f"no local job {job_id!r} in {self.jobs_dir}")
+        deadline = time.monotonic() + timeout_s
+        next_scan = 0.0
+        while True:
+            if (job_dir / "exit_code").exists():
+                return True
+            now = time.monotonic()
+            if not self._wrapper_alive(job_dir) and now >= next_scan:
+                # the wrapper is gone without an exit code (killed): done once its group is gone too
+                if not self._alive(job_dir):
+                    return True
+                next_scan = now + _GROUP_SCAN_S
+            if now >= deadline:
+                return False
+            time.sleep(min(_WATCH_S, deadline - now))
+
+    def _wrapper_alive(self, job_dir: Path) -> bool:
+        """The job's wrapper process is running (not a zombie, not another process that reused its pid)."""
+        pid, ticks = self._pid(job_dir)
+        if not Path("/proc").is_dir():
+            return _group_alive(pid)
+        fields = _proc_stat(pid)
+        return bool(fields) and fields[0] != "Z" and (not ticks or fields[19] == ticks)
 
     @staticmethod
     def _stderr_tail(job_dir: Path) -> str:
