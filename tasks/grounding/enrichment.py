@@ -16,7 +16,6 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-import decoupler as dc
 import numpy as np
 import pandas as pd
 from scipy.stats import false_discovery_control
@@ -104,6 +103,8 @@ class _Sets:
     def of(cls, background: Sequence[str], members: dict[str, list[str]]) -> _Sets | None:
         if not members:
             return None
+        import decoupler as dc  # here, not at import: decoupler (numba, seaborn) costs a flow ~3 s to import
+
         features = np.asarray(background, dtype="U")
         net = pd.DataFrame(
             [(set_id, gene) for set_id, genes in members.items() for gene in genes], columns=["source", "target"]
@@ -121,6 +122,8 @@ def _ora_rows(
     pack: KnowledgePack,
     expected: Mapping[str, Direction],
 ) -> list[EnrichmentRow]:
+    import decoupler as dc
+
     features = sets.features
     selected = np.isin(features, hits).astype(float)[None, :]
     # dc.mt.ora takes one n_up for all rows and returns only BH-adjusted p-values, so its method
@@ -165,6 +168,8 @@ def _check_table(log_odds: float, a: int, set_size: int, n_hits: int, n_backgrou
     d = n_background - a - b - c
     ours = math.log(((a + 0.5) * (d + 0.5)) / ((b + 0.5) * (c + 0.5)))  # Haldane-Anscombe, as decoupler
     if not math.isclose(ours, float(log_odds), rel_tol=1e-6, abs_tol=1e-9):
+        import decoupler as dc
+
         raise RuntimeError(
             f"decoupler's ORA for {set_id} tested another table than the DE genes' (log odds {log_odds} vs {ours}): "
             f"its n_up meaning changed in decoupler {dc.__version__}; pin decoupler 2.2 or update enrichment.py"
