@@ -30,9 +30,13 @@ class InputError(ValueError):
 
 @dataclass(frozen=True)
 class CountMatrix:
-    """Cells x model genes, raw counts as float32, plus the cells' obs."""
+    """Cells x model genes, raw counts as float32 CSR, plus the cells' obs.
 
-    counts: np.ndarray  # (cells, model genes) float32, dense
+    Sparse on the host: memory follows the input's non-zeros, never cells x model genes; the
+    generation builds each batch's windows dense on the device only.
+    """
+
+    counts: sp.csr_matrix  # (cells, model genes) float32, sorted indices, no explicit zeros
     obs: pd.DataFrame
     genes_present: np.ndarray  # bool per model gene: the input had this gene
     matrix: MatrixLocation = "X"  # where in the file the counts were read
@@ -193,13 +197,30 @@ def align_counts(
     present = src_cols >= 0
     if not present.any():
         raise InputError(_no_overlap_message(name, symbols, model_genes, var, gene_name_column))
-    counts = np.zeros((adata.n_obs, len(model_genes)), dtype=np.float32)
-    cols = src_cols[present]
-    block = values[:, cols] if not sp.issparse(values) else values.tocsc()[:, cols]
-    block = block.toarray() if sp.issparse(block) else np.asarray(block)
-    _check_counts(block, name=name, location=location, counts_required=counts_required, matrix_field=matrix_field)
-    counts[:, present] = block.astype(np.float32, copy=False)
+    counts = _model_columns(values, src_cols, present)
+    _check_counts(counts.data, name=name, location=location, counts_required=counts_required, matrix_field=matrix_field)
+    counts.data = counts.data.astype(np.float32, copy=False)
+    counts.eliminate_zeros()
     return CountMatrix(counts=counts, obs=adata.obs.copy(), genes_present=present, matrix=location)
+
+
+def _model_columns(values: object, src_cols: np.ndarray, present: np.ndarray) -> sp.csr_matrix:
+    """The input's columns for the model genes it has, as CSR over all model genes (missing: empty).
+
+    Only the non-zeros are copied: the selected columns' indices are renumbered to the model
+    genes' positions (increasing, so rows stay sorted), never a dense cells x genes block.
+    """
+    cols = src_cols[present]
+    if sp.issparse(values):
+        block = sp.csr_matrix(values)[:, cols]
+    else:  # a dense input is dense already: its selected columns are no larger
+        block = sp.csr_matrix(np.asarray(values)[:, cols])
+    block.sort_indices()
+    positions = np.flatnonzero(present)
+    indices = positions[block.indices].astype(np.int64 if positions.size > 2**31 - 1 else np.int32)
+    out = sp.csr_matrix((block.data, indices, block.indptr), shape=(block.shape[0], present.size))
+    out.has_sorted_indices = True
+    return out
 
 
 def _no_overlap_message(
@@ -218,7 +239,10 @@ def _no_overlap_message(
 
 
 def _check_counts(block: np.ndarray, *, name: str, location: str, counts_required: bool, matrix_field: str) -> None:
-    """Refuse values no expression matrix has, and (when counts are required) any fraction."""
+    """Refuse values no expression matrix has, and (when counts are required) any fraction.
+
+    ``block`` is the stored values (a CSR's ``data``): the zeros it leaves out pass every check.
+    """
     if not np.isfinite(block).all():
         raise InputError(f"{name}: the count matrix ({location}) has NaN or infinite values; pass raw counts")
     if (block < 0).any():

@@ -7,10 +7,12 @@ only the query rows and rebuilds the query AnnData. This module runs the same ro
 model's own building blocks (``_reduce_and_tokenize``, ``_run_attention_layers``,
 ``_compute_nb_parameters``, ``cls``, ``query_pos_embedding``) on tensors that stay on the device:
 
-- windows are gathered by index from two dense tensors (prompt counts, current query state);
-- only the query rows' samples and logits are kept (the next round's input), nothing else leaves
-  the device until the end;
-- memory is two query-sized buffers, whatever the number of steps.
+- windows are gathered by index from two sparse host matrices (prompt counts, current query
+  state): only the batch's non-zeros cross to the device, where the windows are made dense;
+- only the query rows' samples (as CSR) and logits leave the device; the query state and each
+  round's fresh samples stay sparse on the host;
+- memory is one batch of windows on the device plus the sparse state on the host, whatever the
+  number of steps or query cells.
 
 Every random draw happens in arc-stack's order and shapes (numpy permutation of the prompt cells,
 the DataLoader's base seed, the zero-length gene mask ``randperm``, NB samples of all window cells
@@ -26,10 +28,12 @@ slots (windows are filled by cycling the query cells), and a scheduled unmask qu
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from inference import precision as precision_mod
@@ -183,59 +187,99 @@ def _update_masked(is_masked: np.ndarray, new_logit: np.ndarray, mask_rate: np.f
     return keep
 
 
+def rows_to_device(matrix: sp.csr_matrix, rows: np.ndarray, device: torch.device) -> torch.Tensor:
+    """``matrix[rows]`` dense on ``device``: only the rows' non-zeros cross, the dense block is built there."""
+    block = matrix[rows]
+    n_rows, n_genes = block.shape
+    crow = torch.from_numpy(block.indptr.astype(np.int64, copy=False)).to(device)
+    col = torch.from_numpy(block.indices.astype(np.int64, copy=False)).to(device)
+    values = torch.from_numpy(block.data.astype(np.float32, copy=False)).to(device)
+    with warnings.catch_warnings():  # torch flags sparse CSR as beta; building and densifying is stable
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, col, values, size=(n_rows, n_genes)).to_dense()
+
+
+def to_scipy_csr(dense: torch.Tensor) -> sp.csr_matrix:
+    """Sparse on the tensor's device, then only the non-zeros cross to the host."""
+    with warnings.catch_warnings():  # torch flags sparse CSR as beta; converting to it is stable
+        warnings.simplefilter("ignore", UserWarning)
+        csr = dense.to_sparse_csr()
+    return sp.csr_matrix(
+        (csr.values().cpu().numpy(), csr.col_indices().cpu().numpy(), csr.crow_indices().cpu().numpy()),
+        shape=tuple(dense.shape),
+    )
+
+
+def take_rows(keep: np.ndarray, old: sp.csr_matrix, new: sp.csr_matrix) -> sp.csr_matrix:
+    """Row i of ``old`` where ``keep[i]``, else row i of ``new`` (CSR in, CSR out; no dense copy)."""
+    n = keep.shape[0]
+    both = sp.vstack([old, new], format="csr")
+    return both[np.where(keep, np.arange(n), n + np.arange(n))]
+
+
 @torch.no_grad()
 def generate_split(
     model: torch.nn.Module,
-    prompt: torch.Tensor,
-    query: torch.Tensor,
+    prompt: sp.csr_matrix,
+    query: sp.csr_matrix,
     *,
     num_steps: int,
     seed: int,
     batch_size: int,
     chunk_size: int,
     precision: Precision,
+    device: torch.device,
     gene_input_mask: torch.Tensor | None = None,
     on_chunk: Callable[[int, int], None] | None = None,
-) -> tuple[torch.Tensor, np.ndarray]:
-    """Generate every query cell under one prompt (context); returns (counts, final logits).
+) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Generate every query cell under one prompt (context); returns (counts CSR, final logits).
 
-    ``prompt`` and ``query`` are (cells, model genes) float32 counts on the model's device.
+    ``prompt`` and ``query`` are (cells, model genes) float32 CSR counts on the host. Each batch's
+    windows are gathered from them and made dense on ``device``; the query state and each round's
+    fresh samples stay sparse on the host, so memory is one batch on the device plus the sparse
+    state, whatever the number of steps.
     ``gene_input_mask`` zeroes model-input columns arc-stack cannot match (see stack_job).
     ``on_chunk(step, query_cells_done_in_step)`` is called as chunks finish.
     """
     n_cells = int(model.n_cells)
     n_query = query.shape[0]
-    state = query.clone()
-    fresh = torch.empty_like(state)
-    logit_dev = torch.empty(n_query, dtype=torch.float32, device=query.device)
+    n_prompt = prompt.shape[0]
+    state = sp.csr_matrix(query, dtype=np.float32)
     is_masked = np.ones(n_query, dtype=bool)
     new_logit = np.zeros(n_query, dtype=np.float32)
     for step, plan in enumerate(plan_steps(num_steps, n_cells, n_query), start=1):
         np.random.seed(seed + step)
         torch.manual_seed(seed + step)
-        base_perm = np.random.permutation(prompt.shape[0])
+        base_perm = np.random.permutation(n_prompt)
         torch.empty((), dtype=torch.int64).random_()  # the DataLoader's base seed in arc-stack
         base_idx, test_idx, n_real = _window_indices(plan, n_query, base_perm)
-        base_idx_dev = torch.from_numpy(base_idx).to(query.device)
-        test_idx_dev = torch.from_numpy(test_idx).to(query.device)
+        window_rows = np.concatenate([base_idx, n_prompt + test_idx], axis=1)  # rows of [prompt; state]
+        cells = sp.vstack([prompt, state], format="csr")
         batches_per_chunk = max(1, math.ceil(chunk_size / (plan.n_test * batch_size)))
+        fresh_parts: list[sp.csr_matrix] = []
         done = 0
         for b, first in enumerate(range(0, plan.windows, batch_size), start=1):
             sl = slice(first, min(first + batch_size, plan.windows))
-            features = torch.cat([prompt[base_idx_dev[sl]], state[test_idx_dev[sl]]], dim=1)
+            rows = window_rows[sl]
+            features = rows_to_device(cells, rows.ravel(), device).reshape(rows.shape[0], n_cells, -1)
             if gene_input_mask is not None:
                 features = features * gene_input_mask
-            with precision_mod.autocast(precision, query.device):
-                rows, logit_rows = _forward_batch(model, features, plan, n_real=n_real[sl])
-            for w, (r, lg) in enumerate(zip(rows, logit_rows)):
-                offset = (first + w) * plan.n_test
-                fresh[offset : offset + r.shape[0]] = r
-                logit_dev[offset : offset + lg.shape[0]] = lg
-                done += r.shape[0]
+            with precision_mod.autocast(precision, device):
+                samples, logit_rows = _forward_batch(model, features, plan, n_real=n_real[sl])
+            del features
+            # Windows cover the query cells in order: their real rows, concatenated, are this batch's rows.
+            fresh_parts.append(to_scipy_csr(torch.cat(samples, dim=0)))
+            offset = first * plan.n_test
+            logits = torch.cat(logit_rows).cpu().numpy()
+            new_logit[offset : offset + logits.shape[0]] = logits
+            done += logits.shape[0]
             if on_chunk is not None and (b % batches_per_chunk == 0 or sl.stop == plan.windows):
                 on_chunk(step, done)
-        new_logit = logit_dev.cpu().numpy()
-        keep = _update_masked(is_masked, new_logit, plan.mask_rate)
-        replaced = torch.from_numpy(np.nonzero(~keep)[0]).to(query.device)
-        state.index_copy_(0, replaced, fresh.index_select(0, replaced))
-    return state, new_logit
+        del cells
+        fresh = sp.vstack(fresh_parts, format="csr")
+        del fresh_parts
+        keep = _update_masked(is_masked, new_logit.copy(), plan.mask_rate)
+        state = take_rows(keep, state, fresh)
+        del fresh
+    state.eliminate_zeros()
+    return state, new_logit.copy()

@@ -5,12 +5,23 @@ embeddings) and writes under ``output_prefix``::
 
     progress.json     rewritten as chunks finish (see inference.progress)
     predictions.h5ad  generate: query cells x model genes per context (the treated ones, then the
-                      control when the spec names one), obs carried over + query_cell, split_value
+                      control when the spec names one), obs carried over + query_cell, split_value;
+                      streamed one context at a time (inference.outputs), lzf-compressed
                       embed:    query cells x embedding dimensions (also in obsm["X_stack"])
     de.parquet        generate: DE per treated context against its reference (inference.de)
+    gene_means.parquet generate: per model gene, mean log1p-CPM of the query input and of each
+                      context's predictions (inference.gene_means): what the report plots
     summary.json      PredictionSummary, for the agent and the grounding: DE in brief, the query
                       type's markers (inference.markers), the backtest (inference.backtest)
     manifest.json     JobManifest, written last: its presence means the outputs are complete
+
+Memory follows the batch and the sparse inputs, never query cells x genes: inputs stay CSR on the
+host, windows are made dense on the device per batch, each context's predictions are appended to
+the file as it finishes, and DE/backtest read the arms back from it one context at a time.
+
+Start-up: arc-stack, scvi and lightning (seconds to import) are imported on a background thread
+from process start, overlapping the reading of the inputs; pdex, cell-eval and scanpy only on the
+paths that use them.
 
 Exit status: 0 done, 2 bad input or an output prefix already in use (nothing computed), 1 any other
 failure (progress.json then says ``failed`` and why). Never imports Prefect.
@@ -19,16 +30,16 @@ failure (progress.json then says ``failed`` and why). Never imports Prefect.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import resource
 import sys
 import tempfile
+import threading
 import time
-import warnings
-from collections.abc import Callable
-from typing import Literal
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 import anndata as ad
 import numpy as np
@@ -37,13 +48,15 @@ import scipy.sparse as sp
 import torch
 
 from clients.storage import ObjectNotFoundError, local_path_of, scheme_of, store_for
-from inference import checkpoint as ckpt_mod
-from inference import precision as precision_mod
 from inference import backtest as backtest_mod
+from inference import checkpoint as ckpt_mod
 from inference import de as de_mod
+from inference import gene_means as means_mod
+from inference import precision as precision_mod
 from inference.contract import (
     DE_COLUMNS,
     DE_FILE,
+    GENE_MEANS_FILE,
     MANIFEST_FILE,
     PREDICTIONS_FILE,
     SUMMARY_FILE,
@@ -57,18 +70,52 @@ from inference.data import (
     align_counts,
     apply_obs_filter,
     check_gene_list,
+    gene_positions,
+    gene_symbols,
+    matrix_at,
     obs_strings,
     read_h5ad,
     select_split_values,
+    var_of,
 )
 from inference.embedding import chunk_cells, embed_cells
-from inference.generation import chunks_in_step, generate_split, plan_steps
 from inference.gene_list import GeneListError, read_gene_list
+from inference.generation import chunks_in_step, generate_split, plan_steps
 from inference.markers import identity_markers
+from inference.outputs import PredictionsWriter, read_rows
 from inference.progress import ProgressWriter
 from inference.summary import split_summary
 
 log = logging.getLogger("inference.stack_job")
+
+# What loading the model and sampling import (arc-stack pulls lightning and scvi): seconds, so
+# started on a thread at process start and joined before the model is loaded.
+HEAVY_MODULES = ("stack.model_loading", "scvi.distributions")
+
+
+class Preload:
+    """Import modules on a background thread; ``join`` waits and raises the import's own error."""
+
+    def __init__(self, modules: tuple[str, ...] = HEAVY_MODULES) -> None:
+        self.modules = modules
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="preload-imports", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            for name in self.modules:
+                importlib.import_module(name)
+        except BaseException as exc:  # noqa: BLE001 - re-raised, unchanged, in the main thread by join()
+            self.error = exc
+
+    def start(self) -> Preload:
+        self.thread.start()
+        return self
+
+    def join(self) -> None:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
 
 
 class OutputExistsError(InputError):
@@ -137,8 +184,9 @@ def count_options(spec: StackJobSpec, side: Literal["prompt", "query"]) -> dict:
 class StackJob:
     """One job run; ``run()`` returns the manifest it wrote."""
 
-    def __init__(self, spec: StackJobSpec, workdir: Path) -> None:
+    def __init__(self, spec: StackJobSpec, workdir: Path, preload: Preload | None = None) -> None:
         self.spec = spec
+        self.preload = preload
         self.workdir = workdir
         self.progress = ProgressWriter(spec)
         self.timings: dict[str, float] = {}
@@ -196,27 +244,30 @@ class StackJob:
         self.progress.update("loading", message=f"loading the model on {device}", force=True)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
+        if self.preload is not None:
+            self.preload.join()  # an import that failed raises here, with its own message
         model = ckpt_mod.load_model(ckpt_path, spec.mode, device)
         precision_mod.configure(model, spec.precision)
         self._timed("load_model_s", t1)
 
         t2 = time.perf_counter()
-        de = None
+        de = means = None
+        local = self.workdir / PREDICTIONS_FILE
         if spec.mode == "generate":
-            predictions, arms = self._generate(model, query_adata, query, prompts, genes, info.trained, device)
+            shape, blocks, means = self._generate(model, query_adata, query, prompts, genes, info.trained, device, local)
         else:
-            predictions, summary = self._embed(model, query_adata, query, genes, gene_path, info.trained)
+            shape, summary = self._embed(model, query_adata, query, genes, gene_path, info.trained, local)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         self._timed("compute_s", t2)
         peak = peak_memory_mb(device)
         if spec.mode == "generate":
             del model
-            summary, de = self._ground(arms, query, prompts, genes, info.trained)
+            summary, de = self._ground(local, blocks, query, prompts, genes, info.trained)
 
         t3 = time.perf_counter()
         self.progress.update("writing", message="writing outputs", force=True)
-        outputs = self._write_outputs(predictions, summary, de)
+        outputs = self._write_outputs(local, summary, de, means)
         self._timed("write_s", t3)
         self.timings["total_s"] = round(time.perf_counter() - t0, 3)
         manifest = JobManifest(
@@ -229,7 +280,7 @@ class StackJob:
             timings_s=self.timings,
             peak_memory_mb=round(peak, 1),
             outputs=outputs,
-            predictions_shape=(int(predictions.n_obs), int(predictions.n_vars)),
+            predictions_shape=shape,
             started_at=self.started,
             finished_at=datetime.now(UTC),
         )
@@ -239,7 +290,9 @@ class StackJob:
         )
         return manifest
 
-    def _generate(self, model, query_adata, query, prompts, genes, trained, device):
+    def _generate(self, model, query_adata, query, prompts, genes, trained, device, local: Path):
+        """Every context's predictions, appended to ``local`` as each finishes; returns the shape,
+        each context's row block and the gene means (query input and every context)."""
         spec = self.spec
         n_query = query.n_cells
         plans = plan_steps(spec.num_steps, int(model.n_cells), n_query)
@@ -254,76 +307,94 @@ class StackJob:
         # own symbols: a gene not written in upper case never receives input. Reproduce that.
         upper = np.array([g == g.upper() for g in genes])
         gene_input_mask = None if upper.all() else torch.from_numpy(upper.astype(np.float32)).to(device)
-        query_dev = torch.from_numpy(query.counts).to(device)
-        results: dict[str, sp.csr_matrix] = {}
+        means = [means_mod.frame("query_input", None, genes, query_input_means(query_adata, query, genes, spec))]
         logits: dict[str, np.ndarray] = {}
+        blocks: dict[str, tuple[int, int]] = {}
         chunks_done = 0
-        for k, (value, prompt) in enumerate(prompts.items()):
-            cells_before = k * n_query * spec.num_steps
+        writing = 0.0
+        writer = PredictionsWriter(local, len(genes))
+        try:
+            for k, (value, prompt) in enumerate(prompts.items()):
+                cells_before = k * n_query * spec.num_steps
 
-            def on_chunk(step: int, done: int, value=value, cells_before=cells_before) -> None:
-                nonlocal chunks_done
-                chunks_done += 1
-                self.progress.update(
-                    "generating", chunks_done=chunks_done,
-                    cells_done=cells_before + (step - 1) * n_query + done,
-                    message=f"context {value!r} ({k + 1}/{len(prompts)}), step {step}/{spec.num_steps}",
+                def on_chunk(step: int, done: int, value=value, cells_before=cells_before, k=k) -> None:
+                    nonlocal chunks_done
+                    chunks_done += 1
+                    self.progress.update(
+                        "generating", chunks_done=chunks_done,
+                        cells_done=cells_before + (step - 1) * n_query + done,
+                        message=f"context {value!r} ({k + 1}/{len(prompts)}), step {step}/{spec.num_steps}",
+                    )
+
+                counts, logit = generate_split(
+                    model, prompt.counts, query.counts,
+                    num_steps=spec.num_steps, seed=spec.seed, batch_size=spec.batch_size,
+                    chunk_size=spec.chunk_size, precision=spec.precision, device=device,
+                    gene_input_mask=gene_input_mask, on_chunk=on_chunk,
                 )
-
-            counts, logit = generate_split(
-                model, torch.from_numpy(prompt.counts).to(device), query_dev,
-                num_steps=spec.num_steps, seed=spec.seed, batch_size=spec.batch_size,
-                chunk_size=spec.chunk_size, precision=spec.precision,
-                gene_input_mask=gene_input_mask, on_chunk=on_chunk,
-            )
-            results[value] = to_scipy_csr(counts)
-            logits[value] = logit
-            del counts
-            log.info("context %r done (%d/%d)", value, k + 1, len(prompts))
-        del query_dev
-        # One CSR stack and one obs frame: ad.concat would copy every block again.
-        obs_parts = []
-        for value in results:
-            obs = query_adata.obs.copy()
-            obs["query_cell"] = obs.index.astype(str)
-            obs["split_value"] = value
-            obs["gen_logit"] = logits[value]
-            obs.index = obs.index.astype(str) + "-" + value
-            obs_parts.append(obs)
-        obs = pd.concat(obs_parts)
-        obs["split_value"] = pd.Categorical(obs["split_value"], categories=list(results))
-        predictions = ad.AnnData(
-            X=sp.vstack(list(results.values()), format="csr"), obs=obs, var=pd.DataFrame(index=genes)
-        )
-        predictions.uns["stack_job"] = {"mode": "generate", "model_trained": trained, "seed": spec.seed,
-                                        "num_steps": spec.num_steps, "precision": spec.precision,
-                                        **query_reading(query, spec)}
-        return predictions, results
+                t = time.perf_counter()
+                blocks[value] = (writer.rows, writer.rows + counts.shape[0])
+                writer.append(counts)
+                writing += time.perf_counter() - t
+                means.append(means_mod.frame("prediction", value, genes, means_mod.mean_log1p_cpm(counts)))
+                logits[value] = logit
+                del counts
+                log.info("context %r done (%d/%d)", value, k + 1, len(prompts))
+            obs_parts = []
+            for value, logit in logits.items():
+                obs = query_adata.obs.copy()
+                obs["query_cell"] = obs.index.astype(str)
+                obs["split_value"] = value
+                obs["gen_logit"] = logit
+                obs.index = obs.index.astype(str) + "-" + value
+                obs_parts.append(obs)
+            obs = pd.concat(obs_parts)
+            obs["split_value"] = pd.Categorical(obs["split_value"], categories=list(logits))
+            uns = {"stack_job": {"mode": "generate", "model_trained": trained, "seed": spec.seed,
+                                 "num_steps": spec.num_steps, "precision": spec.precision,
+                                 **query_reading(query, spec)}}
+            t = time.perf_counter()
+            writer.finish(obs, pd.DataFrame(index=genes), uns)
+            self.timings["write_predictions_s"] = round(writing + time.perf_counter() - t, 3)
+        finally:
+            writer.close()
+        return (writer.rows, len(genes)), blocks, means_mod.table(means)
 
     def _ground(
-        self, arms: dict[str, sp.csr_matrix], query: CountMatrix, prompts: dict[str, CountMatrix],
-        genes: list[str], trained: bool,
+        self, predictions: Path, blocks: dict[str, tuple[int, int]], query: CountMatrix,
+        prompts: dict[str, CountMatrix], genes: list[str], trained: bool,
     ) -> tuple[PredictionSummary, pd.DataFrame]:
-        """DE per treated context, the query type's markers and the backtest; each timed on its own."""
+        """DE per treated context, the query type's markers and the backtest; each timed on its own.
+
+        The arms are read back from the written predictions one context at a time (the control
+        once): memory is two arms' non-zeros, never every context at once.
+        """
         spec = self.spec
         control = spec.control_value
         shared = np.flatnonzero(query.genes_present)  # the background: genes the model and the query input have
         tested = [genes[i] for i in shared]
         ids = [str(c) for c in query.obs.index]  # the query_cell of every arm's rows, in order
-        treated = [v for v in arms if v != control]
-        query_shared = sp.csr_matrix(query.counts[:, shared])
+        treated = [v for v in blocks if v != control]
+        query_shared = query.counts[:, shared]
+
+        def arm(value: str):
+            return read_rows(predictions, *blocks[value])
+
+        control_arm = arm(control) if control is not None else None
 
         t = time.perf_counter()
         self.progress.update("writing", message=f"differential expression of {len(treated)} context(s)", force=True)
         frames, splits = [], []
         for value in treated:
+            treated_arm = arm(value)
             if control is not None:
                 frame = de_mod.paired_de(
-                    arms[value][:, shared], arms[control][:, shared], tested, split_value=value,
+                    treated_arm[:, shared], control_arm[:, shared], tested, split_value=value,
                     reference_value=control, query_cells_treated=ids, query_cells_control=ids,
                 )
             else:
-                frame = de_mod.unpaired_de(arms[value][:, shared], query_shared, tested, split_value=value)
+                frame = de_mod.unpaired_de(treated_arm[:, shared], query_shared, tested, split_value=value)
+            del treated_arm
             frames.append(frame)
             splits.append(split_summary(frame, cells=query.n_cells, reference_value=control))
         de = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=DE_COLUMNS)
@@ -341,8 +412,8 @@ class StackJob:
             backtest = backtest_mod.score_backtest(
                 real_control=query.counts[:, kept],
                 held_out={v: m.counts[:, kept] for v, m in self.held_out.items()},
-                pred_control=arms[control][:, kept] if control is not None else query.counts[:, kept],
-                predicted={v: arms[v][:, kept] for v in treated},
+                pred_control=control_arm[:, kept] if control is not None else query.counts[:, kept],
+                predicted={v: arm(v)[:, kept] for v in treated if v in self.held_out},
                 genes=[genes[i] for i in kept], cell_type_column=spec.cell_type_column,
                 cell_type=spec.query_cell_type, control_label=control, workdir=self.workdir,
             )
@@ -368,7 +439,7 @@ class StackJob:
             cell_type=spec.query_cell_type, n_genes=spec.marker_genes,
         )
 
-    def _embed(self, model, query_adata, query, genes, gene_path, trained):
+    def _embed(self, model, query_adata, query, genes, gene_path, trained, local: Path):
         spec = self.spec
         per_chunk = chunk_cells(int(model.n_cells), spec.chunk_size)
         chunks_total = -(-query.n_cells // per_chunk)
@@ -385,20 +456,24 @@ class StackJob:
         predictions.uns["stack_job"] = {"mode": "embed", "model_trained": trained, "precision": spec.precision,
                                         **query_reading(query, spec)}
         summary = PredictionSummary(mode="embed", model_trained=trained, query_cells=query.n_cells, genes=len(genes))
-        return predictions, summary
+        predictions.write_h5ad(local, compression="lzf")
+        return (int(predictions.n_obs), int(predictions.n_vars)), summary
 
     def _write_outputs(
-        self, predictions: ad.AnnData, summary: PredictionSummary, de: pd.DataFrame | None
+        self, local: Path, summary: PredictionSummary, de: pd.DataFrame | None, means: pd.DataFrame | None
     ) -> dict[str, str]:
+        """Upload the written predictions and write the tables and the summary (the manifest is last)."""
         spec = self.spec
         store = store_for(spec.output_prefix)
-        local = self.workdir / PREDICTIONS_FILE
-        predictions.write_h5ad(local, compression="gzip")
         written = {PREDICTIONS_FILE: store.put_file(local, spec.output_uri(PREDICTIONS_FILE)).sha256}
         if de is not None:
             de_local = self.workdir / DE_FILE
             de.to_parquet(de_local, engine="pyarrow", index=False)
             written[DE_FILE] = store.put_file(de_local, spec.output_uri(DE_FILE)).sha256
+        if means is not None:
+            means_local = self.workdir / GENE_MEANS_FILE
+            means.to_parquet(means_local, engine="pyarrow", index=False)
+            written[GENE_MEANS_FILE] = store.put_file(means_local, spec.output_uri(GENE_MEANS_FILE)).sha256
         written[SUMMARY_FILE] = store.put_bytes(
             summary.model_dump_json(indent=2).encode(), spec.output_uri(SUMMARY_FILE)
         ).sha256
@@ -465,15 +540,12 @@ def query_reading(query: CountMatrix, spec: StackJobSpec) -> dict[str, str]:
     return reading
 
 
-def to_scipy_csr(dense: torch.Tensor) -> sp.csr_matrix:
-    """Sparse on the tensor's device, then only the non-zeros cross to the host."""
-    with warnings.catch_warnings():  # torch flags sparse CSR as beta; converting to it is stable
-        warnings.simplefilter("ignore", UserWarning)
-        csr = dense.to_sparse_csr()
-    return sp.csr_matrix(
-        (csr.values().cpu().numpy(), csr.col_indices().cpu().numpy(), csr.crow_indices().cpu().numpy()),
-        shape=tuple(dense.shape),
-    )
+def query_input_means(adata: ad.AnnData, query: CountMatrix, genes: list[str], spec: StackJobSpec):
+    """Mean log1p-CPM per model gene of the query cells as read (every gene of the matrix counts
+    in the library, as tasks.prediction_plot computes it); genes the input lacks are 0."""
+    values = matrix_at(adata, query.matrix)
+    symbols = gene_symbols(var_of(adata, query.matrix), spec.gene_name_column)
+    return means_mod.on_model_genes(means_mod.mean_log1p_cpm(values), gene_positions(symbols, genes))
 
 
 def _device_name(device: torch.device) -> str:
@@ -482,11 +554,11 @@ def _device_name(device: torch.device) -> str:
     return "cpu"
 
 
-def run_job(spec: StackJobSpec) -> JobManifest:
+def run_job(spec: StackJobSpec, preload: Preload | None = None) -> JobManifest:
     """Run one job; raises InputError (nothing computed) or the failure (progress says failed)."""
     refuse_used_prefix(spec.output_prefix)
     with tempfile.TemporaryDirectory(prefix="stack-job-") as tmp:
-        job = StackJob(spec, Path(tmp))
+        job = StackJob(spec, Path(tmp), preload)
         try:
             return job.run()
         except Exception as exc:
@@ -495,6 +567,7 @@ def run_job(spec: StackJobSpec) -> JobManifest:
 
 
 def main(argv: list[str] | None = None) -> int:
+    preload = Preload().start()  # overlaps parsing, checking and reading the inputs
     parser = argparse.ArgumentParser(description="Run one STACK job (see inference/contract.py).")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--spec-json", help="The StackJobSpec as JSON.")
@@ -508,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: the job spec is invalid:\n{exc}", file=sys.stderr)
         return 2
     try:
-        manifest = run_job(spec)
+        manifest = run_job(spec, preload)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

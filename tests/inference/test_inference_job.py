@@ -11,10 +11,13 @@ from pathlib import Path
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 
 from inference.contract import (
     DE_FILE,
+    GENE_MEANS_COLUMNS,
+    GENE_MEANS_FILE,
     MANIFEST_FILE,
     PREDICTIONS_FILE,
     PROGRESS_FILE,
@@ -79,7 +82,7 @@ def test_inference_generate_manifest_summary_and_progress(generate_run) -> None:
     assert manifest.device == "cpu" and manifest.peak_memory_mb > 0
     for name, sha in manifest.outputs.items():
         assert hashlib.sha256((prefix / name).read_bytes()).hexdigest() == sha
-    assert set(manifest.outputs) == {PREDICTIONS_FILE, SUMMARY_FILE, DE_FILE}
+    assert set(manifest.outputs) == {PREDICTIONS_FILE, SUMMARY_FILE, DE_FILE, GENE_MEANS_FILE}
     summary = PredictionSummary.model_validate(read_json(prefix / SUMMARY_FILE))
     assert summary.model_trained is False and summary.genes == len(MODEL_GENES)
     assert [s.split_value for s in summary.splits] == ["d1", "d2"]
@@ -91,6 +94,26 @@ def test_inference_generate_manifest_summary_and_progress(generate_run) -> None:
     assert progress.phase == "done" and progress.chunks_done == progress.chunks_total > 0
     assert progress.cells_done == progress.cells_total == 40 * 2 * 3
     assert phases[0] == "loading" and phases[-1] == "done" and len(phases) >= 2
+
+
+def test_inference_gene_means_equal_those_of_the_written_files(generate_run, tiny: TinyInputs) -> None:
+    """gene_means.parquet holds what the report's plot computes from the full h5ads, to the bit."""
+    from tasks.prediction_plot import mean_log1p_cpm, query_means_on_genes, what_the_job_read
+
+    prefix, _ = generate_run
+    means = pd.read_parquet(prefix / GENE_MEANS_FILE)
+    pred = ad.read_h5ad(prefix / PREDICTIONS_FILE)
+    assert list(means.columns) == GENE_MEANS_COLUMNS
+    query_rows = means[means["source"] == "query_input"]
+    assert query_rows["split_value"].isna().all() and list(query_rows["gene"]) == MODEL_GENES
+    expected = query_means_on_genes(ad.read_h5ad(tiny.query), MODEL_GENES, *what_the_job_read(pred))
+    assert np.array_equal(query_rows["mean_log1p_cpm"].to_numpy(), expected)
+    for value in ("d1", "d2"):
+        rows = means[(means["source"] == "prediction") & (means["split_value"] == value)]
+        assert list(rows["gene"]) == MODEL_GENES
+        arm = pred[(pred.obs["split_value"] == value).to_numpy()].X
+        assert np.array_equal(rows["mean_log1p_cpm"].to_numpy(), mean_log1p_cpm(arm))
+    assert len(means) == 3 * len(MODEL_GENES)
 
 
 def test_inference_fp32_equals_stock_generate_and_is_deterministic(generate_run, tiny: TinyInputs, tmp_path: Path) -> None:
