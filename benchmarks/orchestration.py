@@ -166,7 +166,7 @@ def deploy_trivial(stack: LocalStack) -> str:
         return deployment.json()["id"]
 
 
-def run_trivial(stack: LocalStack, deployment_id: str, label: str) -> Timed:
+def run_trivial(stack, deployment_id: str, label: str) -> Timed:
     from deployments.processes import wait_until
 
     posted = datetime.now(UTC)
@@ -179,7 +179,7 @@ def run_trivial(stack: LocalStack, deployment_id: str, label: str) -> Timed:
             return prefect.get(f"/flow_runs/{run_id}").json()["state_type"] in {"COMPLETED", "FAILED", "CRASHED"}
 
         wait_until(ended, RUN_TIMEOUT_S, f"trivial flow run {run_id} to end", watch=stack.processes)
-    return timed(stack: LocalStack, label, run_id, posted)
+    return timed(stack, label, run_id, posted)
 
 
 def run_analysis(stack: LocalStack, body: dict) -> Timed:
@@ -189,7 +189,7 @@ def run_analysis(stack: LocalStack, body: dict) -> Timed:
         answer.raise_for_status()
         run_id = answer.json()["id"]
     stack.wait_for_run(run_id, timeout=RUN_TIMEOUT_S)
-    return timed(stack: LocalStack, "analysis run", run_id, posted)
+    return timed(stack, "analysis run", run_id, posted)
 
 
 def report(runs: list[Timed]) -> bool:
@@ -236,12 +236,12 @@ def main() -> int:
         inputs = make_inputs(home / "data")
         with running_local_stack(home, home / "data", TOKEN) as stack:
             print(f"inputs and local stack up in {time.perf_counter() - t0:.0f} s (load {os.getloadavg()[0]:.1f})")
-            deployment_id = deploy_trivial(stack: LocalStack)
+            deployment_id = deploy_trivial(stack)
             body = inputs.request_body("How do monocytes look among B cells?", max_iterations=args.max_iterations)
             runs = [
-                run_trivial(stack: LocalStack, deployment_id, "trivial (1st)"),
-                run_analysis(stack: LocalStack, body),
-                run_trivial(stack: LocalStack, deployment_id, "trivial (2nd)"),
+                run_trivial(stack, deployment_id, "trivial (1st)"),
+                run_analysis(stack, body),
+                run_trivial(stack, deployment_id, "trivial (2nd)"),
             ]
             report(runs)
             return 0 if all(r.state == "COMPLETED" for r in runs) else 1
