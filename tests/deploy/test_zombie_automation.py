@@ -9,7 +9,11 @@ from datetime import timedelta
 from prefect import get_client
 from prefect.client.schemas.objects import StateType
 
-from deployments.automations import MISSED_HEARTBEATS, ZOMBIE_AUTOMATION, ensure_zombie_automation
+from deployments.automations import (
+    MISSED_HEARTBEATS,
+    ZOMBIE_AUTOMATION,
+    ensure_zombie_automation,
+)
 
 
 async def _ensure(heartbeat: int) -> str:
