@@ -78,6 +78,7 @@ class FakeMessagesAPI:
         output_tokens: int = 80,
         cache_read_input_tokens: int = 0,
         cache_creation_input_tokens: int = 0,
+        stop_details: dict[str, Any] | None = None,
     ) -> None:
         """Queue a successful message; stop_reason defaults to tool_use when it calls a tool."""
         if stop_reason is None:
@@ -90,6 +91,7 @@ class FakeMessagesAPI:
             "content": content,
             "stop_reason": stop_reason,
             "stop_sequence": None,
+            "stop_details": stop_details,
             "usage": {
                 "input_tokens": input_tokens,
                 "output_tokens": output_tokens,
@@ -114,6 +116,11 @@ class FakeMessagesAPI:
             error["details"] = {"error_code": error_code}
         body = {"type": "error", "error": error, "request_id": f"req_fake_{next(_ids)}"}
         self._queue.append(_Scripted(status, body, headers or {}))
+
+    def refusal(self, category: str | None = "bio", explanation: str | None = None) -> None:
+        """Queue a refusal as the API sends it: 200, ``stop_reason: "refusal"`` and its ``stop_details``."""
+        details = {"type": "refusal", "category": category, "explanation": explanation}
+        self.reply([], stop_reason="refusal", output_tokens=5, stop_details=details)
 
     @property
     def pending(self) -> int:

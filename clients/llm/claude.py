@@ -6,7 +6,12 @@
 - The SDK retries 408/409/429/5xx/529 with backoff (``max_retries``), except a 429 that means a
   spend limit was reached: retrying cannot help, so :class:`StopOnSpendLimit` ends the call at
   once with :class:`SpendLimitReached`.
+- A reply that stops with ``stop_reason: "refusal"`` raises :class:`ModelRefused` at once, naming
+  the step it refused and the way on (rephrase, or the offline planner): turning the conversation
+  again would only spend tokens on the same refusal.
 - Request bodies (the question, documents, tool results) never reach a log, even at DEBUG.
+- The ``anthropic`` SDK (seconds of imports) is imported when a client is made, not with this
+  module, so a run without a key never pays for it.
 
 Usage::
 
@@ -18,14 +23,13 @@ Usage::
 from __future__ import annotations
 
 import logging
-from typing import Any
-
-import anthropic
-from anthropic import Middleware
-from anthropic.types import Message
+from typing import TYPE_CHECKING, Any
 
 from clients.llm.settings import AgentSettings
 from clients.llm.usage import AgentUsage
+
+if TYPE_CHECKING:
+    from anthropic.types import Message
 
 # error.details.error_code values that mean "no more spending until someone acts".
 SPEND_LIMIT_CODES = frozenset(
@@ -40,13 +44,30 @@ class SpendLimitReached(RuntimeError):
     """The Anthropic account may not spend more now; retrying will not help."""
 
 
-class StopOnSpendLimit(Middleware):
+class ModelRefused(RuntimeError):
+    """The model declined the step (``stop_reason: "refusal"``); asking again the same way will not help."""
+
+    def __init__(self, model: str, purpose: str, category: str | None = None, explanation: str | None = None) -> None:
+        self.model = model
+        self.purpose = purpose
+        self.category = category
+        self.explanation = explanation
+        why = ", ".join(part for part in (f"category {category}" if category else "", explanation or "") if part)
+        super().__init__(
+            f"{model} refused {purpose} (stop_reason 'refusal'{f': {why}' if why else ''}). Asking again the same "
+            "way will not help: rephrase the question (and check the documents for text that reads as a harmful "
+            "request), or unset ANTHROPIC_API_KEY so the offline planner and summary do this step."
+        )
+
+
+class StopOnSpendLimit:
     """Turn a spend-limit reply into :class:`SpendLimitReached` before the SDK's retry loop sees it.
 
-    The SDK retries every 429; an exception raised here that is not an API error is not retried.
+    The SDK retries every 429; an exception raised here that is not an API error is not retried. A
+    plain callable middleware (``(request, call_next) -> response``), so this module needs no SDK import.
     """
 
-    def handle(self, request: Any, call_next: Any) -> Any:
+    def __call__(self, request: Any, call_next: Any) -> Any:
         response = call_next(request)
         if response.status_code in (400, 402, 429):
             error = _error_of(response)
@@ -77,6 +98,8 @@ class ClaudeClient:
     """One agent step's connection: the SDK client, its settings and the tokens it has used."""
 
     def __init__(self, settings: AgentSettings, *, api_key: str) -> None:
+        import anthropic  # here, not at module level: only a run with a key pays for the SDK's imports
+
         self.settings = settings
         self.usage = AgentUsage(model=settings.model)
         self._sdk = anthropic.Anthropic(
@@ -87,8 +110,18 @@ class ClaudeClient:
             middleware=[StopOnSpendLimit()],
         )
 
-    def create(self, *, system: str, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> Message:
-        """One Messages API call with the system prompt and tools marked for prompt caching."""
+    def create(
+        self,
+        *,
+        system: str,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        purpose: str = "the request",
+    ) -> Message:
+        """One Messages API call with the system prompt and tools marked for prompt caching.
+
+        ``purpose`` names the step in a :class:`ModelRefused` ("planning the run").
+        """
         options: dict[str, Any] = {}
         if tools:
             options["tools"] = [*tools[:-1], {**tools[-1], "cache_control": _CACHED}]
@@ -103,6 +136,14 @@ class ClaudeClient:
             **options,
         )
         self.usage.add_reply(reply.usage, self.settings)
+        if reply.stop_reason == "refusal":
+            details = getattr(reply, "stop_details", None)
+            raise ModelRefused(
+                self.settings.model,
+                purpose,
+                category=getattr(details, "category", None),
+                explanation=getattr(details, "explanation", None),
+            )
         return reply
 
     def close(self) -> None:

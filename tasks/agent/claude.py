@@ -4,7 +4,9 @@ Planning is a tool-use loop: the model looks at the staged data's metadata (desc
 show values), then calls ``submit_plan``. The proposal gets the request's explicit fields put back
 and is checked against the data; a plan that does not fit gets exactly one repair turn, told what
 is wrong, and then the run fails with the problems listed. Refinement (:mod:`tasks.agent.refine`)
-runs the same loop, with a stop tool besides.
+runs the same loop, with a stop tool besides. A refusal (``stop_reason: "refusal"``) ends the loop
+at once with :class:`~clients.llm.claude.ModelRefused`, which says what was refused and the way on;
+a refused interpretation falls back to the offline summary, with the refusal as a caveat.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from clients.llm.claude import ClaudeClient
+from clients.llm.claude import ClaudeClient, ModelRefused
 from clients.llm.settings import AgentSettings
 from clients.ocr.models import DocumentText
 from tasks.request import AnalysisRequest
@@ -118,19 +120,21 @@ def plan_tool_loop(
     user_content: str,
     tools: list[dict[str, Any]] = TOOLS,
     stop_tool: str | None = None,
+    purpose: str = "planning the run",
 ) -> RunPlan | Stopped:
     """The planning conversation: data tools answered from ``data`` until ``submit_plan`` gives a plan
     that fits (the request's explicit fields put back, one repair turn), or the model calls
     ``stop_tool`` (when one is offered) with a reason.
 
     Shared by the first plan and by refinement, so both hold the model to the same checked contract.
+    A refusal raises :class:`ModelRefused` (naming ``purpose``) at the turn it happens.
     """
     settings = client.settings
     messages: list[dict[str, Any]] = [{"role": "user", "content": user_content}]
     nudge_submit, nudge_cut = _nudges(stop_tool)
     repair_used = False
     for _turn in range(settings.max_tool_turns):
-        reply = client.create(system=system, tools=tools, messages=messages)
+        reply = client.create(system=system, tools=tools, messages=messages, purpose=purpose)
         messages.append({"role": "assistant", "content": [block.to_dict() for block in reply.content]})
         uses = [block for block in reply.content if block.type == "tool_use"]
         if not uses:
@@ -213,7 +217,19 @@ def interpret_with_claude(
     text_of_documents = _documents_text(documents, client.settings.max_document_chars)
     if text_of_documents:
         content += f"\n\n<documents>\n{text_of_documents}\n</documents>"
-    reply = client.create(system=INTERPRET_SYSTEM, messages=[{"role": "user", "content": content}])
+    try:
+        reply = client.create(
+            system=INTERPRET_SYSTEM, messages=[{"role": "user", "content": content}], purpose="interpreting the predictions"
+        )
+    except ModelRefused as refused:
+        log.warning("%s refused to interpret the predictions; writing the offline summary", refused.model)
+        findings = offline_findings(plan, summary, evaluation)
+        note = (
+            f"{refused.model} refused to interpret these predictions"
+            f"{f' (category {refused.category})' if refused.category else ''}, so this is the offline summary; "
+            "rephrase the question or documents to have a model read them"
+        )
+        return findings.model_copy(update={"caveats": [*findings.caveats, note], "usage": client.usage.model_copy()})
     text = "\n".join(block.text for block in reply.content if block.type == "text").strip()
     if not text:
         log.warning("The model's interpretation had no text (stop reason %s); writing the offline summary", reply.stop_reason)
