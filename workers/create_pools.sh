@@ -14,6 +14,11 @@ prefect work-pool create stackflows-local --type process --overwrite
 prefect work-pool create stackflows-cloud-run --type cloud-run-v2 \
   --base-job-template workers/cloud-run-v2.job-template.json --overwrite
 
+# By hand the pool gets no Secret Manager references for the Prefect key / auth string, no timeout
+# derived from your GPU wait settings and no zombie automation: the set-up's gcp path does those
+# (docs/deploy.md: "Timeouts that nest", "Zombie runs"). Export the same
+# PREFECT_FLOWS_HEARTBEAT_FREQUENCY for the workers as for the set-up that made the automation.
+
 # Workers (the Cloud Run worker needs prefect-gcp and Google credentials that may create Cloud Run
 # jobs; its PREFECT_API_URL is injected into every job, so it must be reachable from Cloud Run):
 #   prefect worker start --pool stackflows-local
