@@ -14,7 +14,11 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.utilities.schema_tools.validation import ValidationError, validate
 from prefect_gcp.workers.cloud_run_v2 import CloudRunWorkerJobV2Configuration
 
-from workers.job_template import DEFAULT_TIMEOUT_S, prefect_gcp_default, stackflows_template
+from workers.job_template import (
+    DEFAULT_TIMEOUT_S,
+    prefect_gcp_default,
+    stackflows_template,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "workers" / "cloud-run-v2.job-template.json"
