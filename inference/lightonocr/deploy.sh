@@ -1,7 +1,8 @@
 #!/bin/bash
 # Build the LightOnOCR image and deploy it as a private Cloud Run service with one NVIDIA L4 GPU.
 #
-#   PROJECT=my-project REGION=europe-west4 INVOKER=prefect-worker@my-project.iam.gserviceaccount.com \
+#   PROJECT=my-project REGION=europe-west4 MODEL_REVISION=<40-hex commit of the model> \
+#     INVOKER=flow-runs@my-project.iam.gserviceaccount.com \
 #     inference/lightonocr/deploy.sh            # build + deploy + grant + print the URL
 #   inference/lightonocr/deploy.sh deploy       # one step: build | deploy | grant | url
 #   DRY_RUN=1 inference/lightonocr/deploy.sh    # print the commands instead of running them
@@ -14,10 +15,11 @@ PROJECT="${PROJECT:-$(gcloud config get-value project 2>/dev/null || true)}"
 REGION="${REGION:-europe-west4}"
 SERVICE="${SERVICE:-lightonocr}"
 REPOSITORY="${REPOSITORY:-stackflows}"
-TAG="${TAG:-vllm0.30.0-tf5.16.1}"
+MODEL_REVISION="${MODEL_REVISION:-}"   # commit of lightonai/LightOnOCR-2-1B baked into the image (docs/ocr.md)
+TAG="${TAG:-vllm0.30.0-tf5.16.1${MODEL_REVISION:+-${MODEL_REVISION:0:12}}}"
 IMAGE="${IMAGE:-${REGION}-docker.pkg.dev/${PROJECT}/${REPOSITORY}/lightonocr:${TAG}}"
 RUNTIME_SA="${RUNTIME_SA:-}"            # the service's own identity (needs no roles to serve)
-INVOKER="${INVOKER:-}"                  # who calls it: e.g. the Prefect worker's service account
+INVOKER="${INVOKER:-}"                  # who calls it: the flow-run job's service account (OCR runs in the flow run)
 MAX_INSTANCES="${MAX_INSTANCES:-3}"
 CONCURRENCY="${CONCURRENCY:-64}"        # requests per instance; vLLM batches them on the GPU
 TIMEOUT="${TIMEOUT:-900}"               # seconds per request, including waiting for a cold start
@@ -38,11 +40,17 @@ run() {
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 build() {
+  if [[ ! "${MODEL_REVISION}" =~ ^[0-9a-f]{40}$ ]]; then
+    echo "deploy.sh: set MODEL_REVISION to a 40-character commit hash of lightonai/LightOnOCR-2-1B (got '${MODEL_REVISION}');" >&2
+    echo "  pick it with: git ls-remote https://huggingface.co/lightonai/LightOnOCR-2-1B refs/heads/main" >&2
+    exit 2
+  fi
   # The image is ~10 GB (CUDA, vLLM, weights): build it on Cloud Build, next to the registry.
   run gcloud artifacts repositories describe "${REPOSITORY}" --project "${PROJECT}" --location "${REGION}" \
     >/dev/null 2>&1 || run gcloud artifacts repositories create "${REPOSITORY}" --project "${PROJECT}" \
     --location "${REGION}" --repository-format docker
-  run gcloud builds submit "${here}" --project "${PROJECT}" --region "${REGION}" --tag "${IMAGE}" \
+  run gcloud builds submit "${here}" --project "${PROJECT}" --region "${REGION}" \
+    --config "${here}/cloudbuild.yaml" --substitutions "_IMAGE=${IMAGE},_MODEL_REVISION=${MODEL_REVISION}" \
     --machine-type e2-highcpu-8 --disk-size 200 --timeout 3600s
 }
 
