@@ -332,6 +332,11 @@ def check_gcp_permissions(settings: Settings) -> None:
 def check_environment(environment: Environment, settings: Settings) -> None:
     if not get_current_settings().api.url:
         raise SetupError("PREFECT_API_URL is not set: point it at the Prefect server to set up")
+    if get_current_settings().flows.heartbeat_frequency is None:
+        raise SetupError(
+            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY is null (heartbeats off): set it to 30 or more, here and for "
+            "the workers, so the zombie automation can tell a dead run from a live one"
+        )
     if environment == "gcp":
         missing = [var for var in GCP_DEPLOY_ENV if not os.environ.get(var)]
         if missing:
