@@ -166,7 +166,7 @@ def deploy_trivial(stack: LocalStack) -> str:
         return deployment.json()["id"]
 
 
-def run_trivial(stack, deployment_id: str, label: str) -> Timed:
+def run_trivial(stack: LocalStack, deployment_id: str, label: str) -> Timed:
     from deployments.processes import wait_until
 
     posted = datetime.now(UTC)
