@@ -2,8 +2,8 @@
 
 Both arms are compared on log1p(counts per million), the library being each cell's total over the
 genes given (the background both the model and the query input have), so a gene only one side can
-have never dilutes the other. Genes are processed in chunks: memory is one dense chunk per arm,
-never cells x all genes.
+have never dilutes the other. Genes are processed in chunks of at most CHUNK_ELEMENTS values (fewer
+genes as cells grow): memory is one bounded dense chunk per arm, never cells x all genes.
 
 - Synthetic control (:func:`paired_de`): treated and control cells are the same query cells
   generated under two contexts, aligned by ``query_cell`` id. The per-cell difference is tested
@@ -32,7 +32,11 @@ log = logging.getLogger("inference.de")
 
 PAIRED_TEST = "wilcoxon signed-rank, paired by query_cell"
 UNPAIRED_TEST = "mann-whitney u (unpaired: query input as control)"
-CHUNK_GENES = 1024  # genes per chunk: bounds the dense block per arm to cells x CHUNK_GENES
+CHUNK_GENES = 1024  # genes per chunk at most
+# Cells x genes per dense chunk at most (float64: 32 MiB per block): with many cells the chunk has
+# fewer genes, so DE memory stays bounded whatever the number of query cells. Every gene's test is
+# its own, so the chunking never changes a result.
+CHUNK_ELEMENTS = 2**22
 
 Matrix = np.ndarray | sp.spmatrix | sp.sparray
 
@@ -41,6 +45,11 @@ def library_sizes(counts: Matrix) -> np.ndarray:
     """Per-cell totals over the given genes (float64, at least 1 so an empty cell is all zeros)."""
     total = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
     return np.maximum(total, 1.0)
+
+
+def genes_per_chunk(n_cells: int, chunk_genes: int = CHUNK_GENES) -> int:
+    """Genes per chunk for arms of ``n_cells`` cells in all: at most ``chunk_genes``, at most CHUNK_ELEMENTS values."""
+    return max(1, min(chunk_genes, CHUNK_ELEMENTS // max(1, n_cells)))
 
 
 def gene_chunks(n_genes: int, chunk: int = CHUNK_GENES) -> Iterator[slice]:
@@ -131,7 +140,7 @@ def paired_de(
     n = len(genes)
     mean_t, mean_c, lfc, stat, p, same = (np.zeros(n) for _ in range(6))
     p[:] = 1.0
-    for cols in gene_chunks(n, chunk_genes):
+    for cols in gene_chunks(n, genes_per_chunk(2 * len(order), chunk_genes)):
         t = _log1p_cpm(_columns(treated, cols), lib_t)
         c = _log1p_cpm(_columns(control, cols), lib_c)
         diff = t - c
@@ -177,7 +186,7 @@ def unpaired_de(
     arms = pd.DataFrame({"arm": ["treated"] * n_t + ["reference"] * n_r},
                         index=[f"t{i}" for i in range(n_t)] + [f"r{i}" for i in range(n_r)])
     mean_t, mean_r, stat, p, same = (np.zeros(n) for _ in range(5))
-    for cols in gene_chunks(n, chunk_genes):
+    for cols in gene_chunks(n, genes_per_chunk(n_t + n_r, chunk_genes)):
         t = _log1p_cpm(_columns(treated, cols), lib_t)
         r = _log1p_cpm(_columns(reference, cols), lib_r)
         names = [f"g{i}" for i in range(cols.start, cols.stop)]  # gene symbols need not be unique to pdex

@@ -30,12 +30,10 @@ failure (progress.json then says ``failed`` and why). Never imports Prefect.
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import resource
 import sys
 import tempfile
-import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -83,40 +81,11 @@ from inference.gene_list import GeneListError, read_gene_list
 from inference.generation import chunks_in_step, generate_split, plan_steps
 from inference.markers import identity_markers
 from inference.outputs import PredictionsWriter, read_rows
+from inference.preload import Preload
 from inference.progress import ProgressWriter
 from inference.summary import split_summary
 
 log = logging.getLogger("inference.stack_job")
-
-# What loading the model and sampling import (arc-stack pulls lightning and scvi): seconds, so
-# started on a thread at process start and joined before the model is loaded.
-HEAVY_MODULES = ("stack.model_loading", "scvi.distributions")
-
-
-class Preload:
-    """Import modules on a background thread; ``join`` waits and raises the import's own error."""
-
-    def __init__(self, modules: tuple[str, ...] = HEAVY_MODULES) -> None:
-        self.modules = modules
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="preload-imports", daemon=True)
-
-    def _run(self) -> None:
-        try:
-            for name in self.modules:
-                importlib.import_module(name)
-        except BaseException as exc:  # noqa: BLE001 - re-raised, unchanged, in the main thread by join()
-            self.error = exc
-
-    def start(self) -> Preload:
-        self.thread.start()
-        return self
-
-    def join(self) -> None:
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
-
 
 class OutputExistsError(InputError):
     """The output prefix already holds objects; a job never writes into a used location."""
@@ -567,7 +536,9 @@ def run_job(spec: StackJobSpec, preload: Preload | None = None) -> JobManifest:
 
 
 def main(argv: list[str] | None = None) -> int:
-    preload = Preload().start()  # overlaps parsing, checking and reading the inputs
+    # Started once torch/anndata are imported (two threads importing the same packages at once can
+    # deadlock in importlib): arc-stack/scvi/lightning then load while the inputs are read and checked.
+    preload = Preload().start()
     parser = argparse.ArgumentParser(description="Run one STACK job (see inference/contract.py).")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--spec-json", help="The StackJobSpec as JSON.")

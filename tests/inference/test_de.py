@@ -122,3 +122,16 @@ def test_unpaired_de_null_finds_nothing() -> None:
     b = rng.poisson(5.0, size=(60, N_GENES)).astype(np.float32)
     de = unpaired_de(a, b, GENES, split_value="drug", threads=1)
     assert (de["q_value"] < 0.05).sum() == 0
+
+
+def test_de_chunk_size_follows_the_cells_and_never_changes_a_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many cells: fewer genes per dense chunk (bounded memory), the same table to the bit."""
+    import inference.de as de_mod
+
+    treated, control = _arms(2, effect=2.0)
+    reference = np.random.default_rng(7).poisson(5.0, size=(40, N_GENES)).astype(np.float32)
+    paired, unpaired = _paired(treated, control), unpaired_de(treated, reference, GENES, split_value="drug", threads=1)
+    monkeypatch.setattr(de_mod, "CHUNK_ELEMENTS", 2 * N_CELLS * 7)  # 7 genes per chunk for the paired arms
+    assert de_mod.genes_per_chunk(2 * N_CELLS) == 7
+    pd.testing.assert_frame_equal(_paired(treated, control), paired)
+    pd.testing.assert_frame_equal(unpaired_de(treated, reference, GENES, split_value="drug", threads=1), unpaired)

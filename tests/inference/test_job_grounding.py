@@ -14,6 +14,7 @@ import scipy.sparse as sp
 from inference.contract import (
     DE_COLUMNS,
     DE_FILE,
+    GENE_MEANS_FILE,
     MANIFEST_FILE,
     PREDICTIONS_FILE,
     SUMMARY_FILE,
@@ -69,7 +70,7 @@ def test_synthetic_control_is_generated_in_the_same_job(synthetic_run: Path, dat
 
 def test_de_table_is_in_the_manifest_and_paired(synthetic_run: Path) -> None:
     manifest = JobManifest.model_validate(read_json(synthetic_run / MANIFEST_FILE))
-    assert set(manifest.outputs) == {PREDICTIONS_FILE, SUMMARY_FILE, DE_FILE}
+    assert set(manifest.outputs) == {PREDICTIONS_FILE, SUMMARY_FILE, DE_FILE, GENE_MEANS_FILE}
     assert hashlib.sha256((synthetic_run / DE_FILE).read_bytes()).hexdigest() == manifest.outputs[DE_FILE]
     assert {"compute_s", "de_s", "markers_s", "backtest_s"} <= set(manifest.timings_s)
     de = pd.read_parquet(synthetic_run / DE_FILE)

@@ -14,7 +14,7 @@ from inference import outputs
 from inference.data import align_counts
 from inference.gene_means import mean_log1p_cpm
 from inference.outputs import PredictionsWriter, read_rows
-from inference.stack_job import Preload
+from inference.preload import Preload
 
 
 def _counts(rng: np.random.Generator, n: int, genes: int) -> sp.csr_matrix:
