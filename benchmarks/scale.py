@@ -129,15 +129,15 @@ def memory_model(bytes_per_nnz_cell: float, base_mb: float, batch_size: int, con
     window = batch_size * RELEASED_N_CELLS * genes * 4  # one batch of windows, dense fp32, on the GPU
     print(f"\nmemory model at {genes} genes, density {density:.0%}, batch_size {batch_size}, {contexts} contexts:")
     print(f"  before: host ~ 2 x cells x genes x 4 B (dense align) + {contexts} contexts' CSR + vstack copy; "
-          "GPU ~ (2 query-sized dense buffers + prompt) x genes x 4 B")
+          "GPU ~ 3 query-sized dense buffers (query, state, fresh) x genes x 4 B")
     print(f"  now:    host ~ {base_mb:.0f} MB + {bytes_per_nnz_cell / 2**10:.1f} KiB per query cell "
           f"(measured: the sparse state's copies, one context's predictions, DE chunks of <= 32 MiB);")
     print(f"          GPU ~ model + one batch of windows ({window / GIB:.2f} GiB dense fp32, x ~6 for "
           "log1p, NB mean/theta and samples) + attention: independent of the query's size")
     per_cell_now = bytes_per_nnz_cell
     for name, gpu_gib, host_gib in MACHINES:
-        before_gpu = (gpu_gib * GIB * 0.9) / (2 * genes * 4)
-        before_host = (host_gib * GIB * 0.85 - 2 * GIB) / (2 * genes * 4 + contexts * 2 * nnz_bytes)
+        before_gpu = (gpu_gib * GIB * 0.9) / (3 * genes * 4)
+        before_host = (host_gib * GIB * 0.85 - base_mb * 2**20) / (2 * genes * 4 + contexts * 2 * nnz_bytes * 1.5)
         now_host = (host_gib * GIB * 0.85 - base_mb * 2**20) / per_cell_now
         gpu_batch = gpu_gib * GIB * 0.9 / (6 * window / batch_size)
         print(f"  {name}: before, GPU full near {before_gpu / 1e3:.0f}k query cells, host near "
@@ -148,8 +148,8 @@ def memory_model(bytes_per_nnz_cell: float, base_mb: float, batch_size: int, con
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 8000, 32000])
-    parser.add_argument("--genes", type=int, default=2000)
-    parser.add_argument("--prompt-cells", type=int, default=1000)
+    parser.add_argument("--genes", type=int, default=1000)
+    parser.add_argument("--prompt-cells", type=int, default=500)
     parser.add_argument("--steps", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args(argv)
