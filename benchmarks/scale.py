@@ -8,7 +8,7 @@ time per size, a fitted growth (MB per 1k query cells, and the log-log exponent)
 predictions matrix written with gzip, lzf and no compression, and a memory model for the released
 gene count (15012) that says where the default machine types break, now and before this change.
 
-    python -m benchmarks.scale                       # ~5-10 min on 2 cores
+    python -m benchmarks.scale                       # ~3 min on 2 cores (300 genes)
     python -m benchmarks.scale --sizes 1000 4000     # quicker
 
 Inputs and model are synthetic and untrained: the figures measure memory and time, not biology.
@@ -118,27 +118,34 @@ def fit(results: list[dict]) -> dict:
             "loglog_exponent": round(float(exponent), 3)}
 
 
-def memory_model(bytes_per_nnz_cell: float, base_mb: float, batch_size: int, contexts: int) -> None:
-    """Where the default machines break at 15012 genes: before (dense) and now (sparse), by formula.
+STATE_COPIES = 6  # sparse query-sized copies alive at the peak: input, state, fresh parts + stack, [old; new], next state
+OBS_BYTES_PER_CELL = 1024  # the obs frames (string index, query_cell) of every context, per query cell
 
-    ``bytes_per_nnz_cell``: measured host bytes per query cell per 1k stored values (from the fit).
-    """
+
+def host_bytes_per_cell(values_per_cell: float) -> float:
+    """The model's host bytes per query cell: the sparse state's copies (float32 + int32) plus obs."""
+    return STATE_COPIES * values_per_cell * 8 + OBS_BYTES_PER_CELL
+
+
+def memory_model(base_mb: float, batch_size: int, contexts: int) -> None:
+    """Where the default machines break at 15012 genes: before (dense) and now (sparse), by formula."""
     genes = RELEASED_GENES
     density = 0.10  # a typical scRNA-seq count matrix on 15k genes: ~1500 genes detected per cell
-    nnz_bytes = genes * density * 8  # per cell: float32 value + int32 index
+    per_cell_now = host_bytes_per_cell(genes * density)
+    nnz_bytes = genes * density * 12  # predictions CSR per cell as torch hands them over (int64 indices)
     window = batch_size * RELEASED_N_CELLS * genes * 4  # one batch of windows, dense fp32, on the GPU
     print(f"\nmemory model at {genes} genes, density {density:.0%}, batch_size {batch_size}, {contexts} contexts:")
-    print(f"  before: host ~ 2 x cells x genes x 4 B (dense align) + {contexts} contexts' CSR + vstack copy; "
+    print(f"  before: host ~ base + 2 x cells x genes x 4 B (dense align) + {contexts} contexts' CSR + vstack copy; "
           "GPU ~ 3 query-sized dense buffers (query, state, fresh) x genes x 4 B")
-    print(f"  now:    host ~ {base_mb:.0f} MB + {bytes_per_nnz_cell / 2**10:.1f} KiB per query cell "
-          f"(measured: the sparse state's copies, one context's predictions, DE chunks of <= 32 MiB);")
+    print(f"  now:    host ~ base ({base_mb:.0f} MB here) + {STATE_COPIES} sparse copies of the query state + obs = "
+          f"{per_cell_now / 2**10:.0f} KiB per query cell; DE chunks <= 32 MiB per arm")
     print(f"          GPU ~ model + one batch of windows ({window / GIB:.2f} GiB dense fp32, x ~6 for "
           "log1p, NB mean/theta and samples) + attention: independent of the query's size")
-    per_cell_now = bytes_per_nnz_cell
     for name, gpu_gib, host_gib in MACHINES:
+        usable = host_gib * GIB * 0.85 - base_mb * 2**20
         before_gpu = (gpu_gib * GIB * 0.9) / (3 * genes * 4)
-        before_host = (host_gib * GIB * 0.85 - base_mb * 2**20) / (2 * genes * 4 + contexts * 2 * nnz_bytes * 1.5)
-        now_host = (host_gib * GIB * 0.85 - base_mb * 2**20) / per_cell_now
+        before_host = usable / (2 * genes * 4 + contexts * 2 * nnz_bytes)
+        now_host = usable / per_cell_now
         gpu_batch = gpu_gib * GIB * 0.9 / (6 * window / batch_size)
         print(f"  {name}: before, GPU full near {before_gpu / 1e3:.0f}k query cells, host near "
               f"{before_host / 1e3:.0f}k; now host near {now_host / 1e3:.0f}k query cells (sparse state), "
@@ -148,8 +155,8 @@ def memory_model(bytes_per_nnz_cell: float, base_mb: float, batch_size: int, con
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 8000, 32000])
-    parser.add_argument("--genes", type=int, default=1000)
-    parser.add_argument("--prompt-cells", type=int, default=500)
+    parser.add_argument("--genes", type=int, default=300)
+    parser.add_argument("--prompt-cells", type=int, default=300)
     parser.add_argument("--steps", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args(argv)
@@ -180,13 +187,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ncompression of predictions.h5ad ({large['cells']} cells x 2 contexts x {args.genes} genes):")
         for row in compression_table(work / f"out{large['cells']}" / "predictions.h5ad", args.genes):
             print(f"  {row['compression']:>5}: {row['write_s']:6.2f} s  {row['mb']:8.1f} MB")
-        nnz_per_cell_k = large["input_nnz"] / large["cells"] / 1000
-        per_cell = growth["mb_per_1k_cells"] * 2**20 / 1000  # bytes per query cell, measured
-        # scale the measured per-cell bytes from this run's non-zeros per cell to the released density
-        scaled = per_cell / max(nnz_per_cell_k, 1e-9) * (RELEASED_GENES * 0.10 / 1000)
-        print(f"\nmeasured: {per_cell / 2**10:.1f} KiB host per query cell at {nnz_per_cell_k * 1000:.0f} stored "
-              f"values per cell -> {scaled / 2**10:.1f} KiB per cell at 15012 genes x 10%")
-        memory_model(scaled, growth["base_mb"], args.batch_size, contexts=2)
+        values_per_cell = large["input_nnz"] / large["cells"]
+        measured = growth["mb_per_1k_cells"] * 2**20 / 1000
+        print(f"\nmeasured growth {measured / 2**10:.1f} KiB per query cell at {values_per_cell:.0f} stored values per "
+              f"cell; the model below predicts {host_bytes_per_cell(values_per_cell) / 2**10:.1f} KiB there")
+        memory_model(growth["base_mb"], args.batch_size, contexts=2)
     return 0 if ok else 1
 
 

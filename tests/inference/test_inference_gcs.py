@@ -13,7 +13,7 @@ from google.cloud import storage
 
 from clients.settings import Settings, get_settings
 from clients.storage import store_for
-from inference.contract import DE_FILE, MANIFEST_FILE, PREDICTIONS_FILE, PROGRESS_FILE, SUMMARY_FILE, JobManifest
+from inference.contract import DE_FILE, GENE_MEANS_FILE, MANIFEST_FILE, PREDICTIONS_FILE, PROGRESS_FILE, SUMMARY_FILE, JobManifest
 from inference.stack_job import OutputExistsError, run_job
 from tests.fake_gcs import GcsEmulator, gcs_emulator
 from tests.inference.conftest import TinyInputs
@@ -54,7 +54,8 @@ def test_inference_job_on_gcs_reads_inputs_and_writes_outputs_create_only(
     )
 
     assert sorted(store.list(prefix)) == [f"{prefix}/{n}" for n in sorted([MANIFEST_FILE, PREDICTIONS_FILE,
-                                                                            PROGRESS_FILE, SUMMARY_FILE, DE_FILE])]
+                                                                            PROGRESS_FILE, SUMMARY_FILE, DE_FILE,
+                                                                            GENE_MEANS_FILE])]
     assert json.loads(store.get_bytes(f"{prefix}/{PROGRESS_FILE}"))["phase"] == "done"
     assert JobManifest.model_validate_json(store.get_bytes(f"{prefix}/{MANIFEST_FILE}")) == manifest
     # Every output but progress.json was created with ifGenerationMatch=0; progress was replaced in place.
@@ -62,7 +63,7 @@ def test_inference_job_on_gcs_reads_inputs_and_writes_outputs_create_only(
     by_name: dict[str, list] = {}
     for req in starts:
         by_name.setdefault(req.object_name, []).append(req)
-    for name in (PREDICTIONS_FILE, SUMMARY_FILE, DE_FILE, MANIFEST_FILE):
+    for name in (PREDICTIONS_FILE, SUMMARY_FILE, DE_FILE, GENE_MEANS_FILE, MANIFEST_FILE):
         (req,) = by_name[f"runs/1/{name}"]
         assert req.query.get("ifGenerationMatch") == ["0"]
     assert len(by_name[f"runs/1/{PROGRESS_FILE}"]) >= 3  # loading, generating, ..., done
