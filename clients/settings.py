@@ -50,9 +50,11 @@ CLOUD_RUN_MAX_TIMEOUT_S = 7 * 24 * 3600  # Cloud Run jobs' longest task timeout
 def flow_run_timeout_s(
     batch: BatchSettings, margin_s: float = DEFAULT_FLOW_RUN_MARGIN_S, rounds: int = MAX_ITERATIONS
 ) -> int:
-    """The Cloud Run flow-run timeout: a GPU wait per round (a request may ask for ``MAX_ITERATIONS``)
-    plus the margin for the rest, so Cloud Run never kills a flow that is still waiting for its job."""
-    return math.ceil(rounds * batch.wait_timeout_s + margin_s)
+    """The Cloud Run flow-run timeout: the GPU waits of every round (a request may ask for
+    ``MAX_ITERATIONS``; a round waits once more for each Spot preemption it retries by itself) plus the
+    margin for the rest, so Cloud Run never kills a flow that is still waiting for its job."""
+    waits_per_round = 1 + batch.max_preemption_retries
+    return math.ceil(rounds * waits_per_round * batch.wait_timeout_s + margin_s)
 
 
 def timeout_problems(settings: Settings) -> list[str]:
@@ -68,9 +70,10 @@ def timeout_problems(settings: Settings) -> list[str]:
     timeout = flow_run_timeout_s(batch, settings.flow_run_margin_s)
     if timeout > CLOUD_RUN_MAX_TIMEOUT_S:
         problems.append(
-            f"the flow-run timeout ({MAX_ITERATIONS} rounds x STACKFLOWS_BATCH__WAIT_TIMEOUT_S + "
-            f"STACKFLOWS_FLOW_RUN_MARGIN_S = {timeout} s) is above Cloud Run's {CLOUD_RUN_MAX_TIMEOUT_S} s: "
-            "lower STACKFLOWS_BATCH__WAIT_TIMEOUT_S or STACKFLOWS_FLOW_RUN_MARGIN_S"
+            f"the flow-run timeout ({MAX_ITERATIONS} rounds x (1 + STACKFLOWS_BATCH__MAX_PREEMPTION_RETRIES) x "
+            f"STACKFLOWS_BATCH__WAIT_TIMEOUT_S + STACKFLOWS_FLOW_RUN_MARGIN_S = {timeout} s) is above Cloud Run's "
+            f"{CLOUD_RUN_MAX_TIMEOUT_S} s: lower STACKFLOWS_BATCH__WAIT_TIMEOUT_S, "
+            "STACKFLOWS_BATCH__MAX_PREEMPTION_RETRIES or STACKFLOWS_FLOW_RUN_MARGIN_S"
         )
     return problems
 

@@ -60,13 +60,15 @@ def credentials(service_account_info: dict) -> dict:
 def test_the_cloud_run_timeout_outlasts_every_gpu_wait_of_a_run(
     gcp_env: None, tmp_path: Path, credentials: dict, prefect_api: None
 ) -> None:
-    """A run waits for up to MAX_ITERATIONS GPU jobs, each up to wait_timeout_s, after staging and OCR:
-    the job Cloud Run runs it in must live longer than all of that, or the GPU job is orphaned."""
+    """A run waits for up to MAX_ITERATIONS rounds' GPU jobs (each again after a Spot preemption it
+    retries), each up to wait_timeout_s, after staging and OCR: the job Cloud Run runs it in must live
+    longer than all of that, or the GPU job is orphaned."""
     settings = gcp_settings(tmp_path, wait_timeout_s=3 * 3600)
     job = cloud_run_job(deploy_setup.cloud_pool_template(settings), credentials)
     timeout = int(job["timeout"].removesuffix("s"))
-    assert timeout == MAX_ITERATIONS * 3 * 3600 + settings.flow_run_margin_s
-    assert timeout > MAX_ITERATIONS * settings.batch.wait_timeout_s
+    waits = MAX_ITERATIONS * (1 + settings.batch.max_preemption_retries)
+    assert timeout == waits * 3 * 3600 + settings.flow_run_margin_s
+    assert timeout > waits * settings.batch.wait_timeout_s
 
 
 def test_a_wait_that_does_not_outlast_the_batch_run_duration_is_refused(gcp_env: None, tmp_path: Path) -> None:
@@ -93,8 +95,8 @@ def test_a_deployment_timeout_below_the_gpu_waits_is_refused(tmp_path: Path) -> 
 
 
 def test_the_timeout_rule_lives_in_one_place() -> None:
-    batch = BatchSettings(wait_timeout_s=600)
-    assert flow_run_timeout_s(batch, margin_s=60, rounds=2) == 1260
+    batch = BatchSettings(wait_timeout_s=600, max_preemption_retries=1)
+    assert flow_run_timeout_s(batch, margin_s=60, rounds=2) == 2 * 2 * 600 + 60
 
 
 @pytest.mark.parametrize(
