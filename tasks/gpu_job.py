@@ -128,7 +128,7 @@ def choose_job_id(base_id: str) -> str:
 
 @task(name="check-gpu-job-preempted", cache_policy=NO_CACHE)
 def job_preempted(job: SubmittedJob) -> bool:
-    """After the wait failed: did Batch take the job's VM away (exit codes 50001-50006), rather than
+    """After the wait failed: did Batch take the job's VM away (exit codes 50001-50004, 50006), rather than
     the work fail? Only then is a new attempt the fix; a job that failed at its work would fail again."""
     try:
         status = runner_from_settings().status(job.job_id)
@@ -158,7 +158,7 @@ def preempted_too_often(job_id: str, max_retries: int) -> JobPreemptedError:
     times = count_preemptions(job_id)
     return JobPreemptedError(
         f"GPU job {attempt_of(job_id)[0]} was preempted {times} time{'s' if times != 1 else ''} (exit codes "
-        f"50001-50006: Batch took its VM away); this run retried it {max_retries} time"
+        f"50001-50004 or 50006: Batch took its VM away); this run retried it {max_retries} time"
         f"{'s' if max_retries != 1 else ''} by itself, as STACKFLOWS_BATCH__MAX_PREEMPTION_RETRIES={max_retries} "
         "allows. Raise STACKFLOWS_BATCH__MAX_PREEMPTION_RETRIES, use standard VMs (STACKFLOWS_BATCH__SPOT=false), "
         f"or press Retry to try again. {runner_from_settings().logs_hint(job_id)}"

@@ -20,9 +20,10 @@ from inference.contract import MANIFEST_FILE, PROGRESS_FILE, JobProgress, StackJ
 JOB_ID_PATTERN = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
 STDERR_TAIL_FILE = "job_stderr.txt"  # written under the output prefix by clients.batch.job_wrapper
 STDERR_TAIL_BYTES = 8192
-# Cloud Batch's exit codes for a task whose Spot VM was preempted (or whose host went away): the
-# work did not fail, its machine did, so a new attempt is the fix.
-PREEMPTION_EXIT_CODES = frozenset(range(50001, 50007))
+# Cloud Batch's exit codes for a task whose Spot VM was preempted or whose host went away (50001-50004,
+# 50006): the work did not fail, its machine did, so a new attempt is the fix. 50005 (the task ran past
+# max_run_duration) is not among them: a new attempt would run into the same limit.
+PREEMPTION_EXIT_CODES = frozenset({50001, 50002, 50003, 50004, 50006})
 
 
 class JobNotFoundError(LookupError):

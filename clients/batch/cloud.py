@@ -58,12 +58,13 @@ STATES = {
 
 # Exit codes Batch itself uses for a task (https://cloud.google.com/batch/docs/troubleshooting).
 BATCH_EXIT_CODES = {
-    50001: "the VM was preempted (Spot VM); retry the run, or set STACKFLOWS_BATCH__SPOT=false",
-    50002: "the VM stopped reporting to Batch (lost or crashed); retry the run",
-    50003: "the VM rebooted while the task ran; retry the run",
-    50004: "the task stopped responding to Batch; retry the run",
-    50005: "the task ran longer than STACKFLOWS_BATCH__MAX_RUN_DURATION_S",
-    50006: "the VM was recreated while the task ran; retry the run",
+    50001: "the VM was preempted (Spot VM); the run retries it by itself up to STACKFLOWS_BATCH__MAX_PREEMPTION_RETRIES "
+    "times, or set STACKFLOWS_BATCH__SPOT=false",
+    50002: "the VM stopped reporting to Batch (lost or crashed); the run retries it by itself",
+    50003: "the VM rebooted while the task ran; the run retries it by itself",
+    50004: "the task stopped responding to Batch; the run retries it by itself",
+    50005: "the task ran longer than STACKFLOWS_BATCH__MAX_RUN_DURATION_S; raise it (a retry would meet the same limit)",
+    50006: "the VM was recreated while the task ran; the run retries it by itself",
 }
 
 TRANSIENT = (

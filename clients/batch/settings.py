@@ -72,7 +72,7 @@ class BatchSettings(BaseModel):
         ge=0,
         description=(
             "How many times a run submits a new attempt by itself after its job was preempted (exit codes "
-            "50001-50006); 0: a preemption fails the run until someone presses Retry."
+            "50001-50004, 50006); 0: a preemption fails the run until someone presses Retry."
         ),
     )
     max_run_duration_s: int = Field(default=4 * 3600, ge=60, description="Batch kills the task after this long.")

@@ -160,11 +160,12 @@ def test_batch_cloud_boot_disk_type_fits_the_machine_series(
     assert boot["sizeGb"] == "100"
 
 
-@pytest.mark.parametrize("code", [50001, 50002, 50006])
+@pytest.mark.parametrize(("code", "preempted"), [(50001, True), (50002, True), (50006, True), (50005, False)])
 def test_batch_cloud_exit_code_from_batch_wording_marks_a_preemption(
-    cloud_settings, fake_batch: FakeBatchApi, spec, standin, code: int
+    cloud_settings, fake_batch: FakeBatchApi, spec, standin, code: int, preempted: bool
 ) -> None:
-    """Batch's job-level events carry the task's exit code only in their text (taskExecution is task-level)."""
+    """Batch's job-level events carry the task's exit code only in their text (taskExecution is task-level).
+    50005 (past max_run_duration) is no preemption: a new attempt would meet the same limit."""
     standin("hang")
     runner = runner_from_settings(cloud_settings)
     runner.submit(BatchJobRequest.for_stack_job(spec), "stack-words-a1")
@@ -188,5 +189,5 @@ def test_batch_cloud_exit_code_from_batch_wording_marks_a_preemption(
     status = runner.status("stack-words-a1")
 
     assert status.state is JobState.FAILED and status.exit_code == code
-    assert status.preempted
-    assert "retry" in status.message
+    assert status.preempted is preempted
+    assert ("retries it by itself" in status.message) is preempted
