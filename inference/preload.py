@@ -2,7 +2,8 @@
 
 ``python -m inference.stack_job`` starts :class:`Preload` as ``main()`` begins (torch and anndata
 are imported by then: two threads importing the same packages at once can deadlock in importlib),
-so arc-stack/scvi/lightning load while the main thread parses the spec and reads and checks the
+so what the run's path needs (arc-stack/scvi/lightning, scipy.stats, pdex, cell-eval, scanpy: see
+:func:`modules_for`) loads while the main thread reads and checks the
 inputs; the job joins it just before loading the model, where a failed import raises its own error.
 """
 
@@ -13,6 +14,16 @@ import threading
 
 # What loading the model and sampling import: seconds, and needed only once the inputs are read.
 HEAVY_MODULES = ("stack.model_loading", "scvi.distributions")
+
+
+def modules_for(mode: str, *, unpaired: bool, backtest: bool, markers: bool) -> tuple[str, ...]:
+    """The slow imports one run's path needs, and only those: arc-stack always; for generate scvi
+    (sampling) and scipy.stats (every DE's q-values), pdex for unpaired DE, cell-eval for a
+    backtest, scanpy for the identity markers."""
+    if mode != "generate":
+        return ("stack.model_loading",)
+    extra = ("scipy.stats",) + ("pdex",) * unpaired + ("cell_eval",) * backtest + ("scanpy",) * markers
+    return HEAVY_MODULES + extra
 
 
 class Preload:

@@ -81,7 +81,7 @@ from inference.gene_list import GeneListError, read_gene_list
 from inference.generation import chunks_in_step, generate_split, plan_steps
 from inference.markers import identity_markers
 from inference.outputs import PredictionsWriter, read_rows
-from inference.preload import Preload
+from inference.preload import Preload, modules_for
 from inference.progress import ProgressWriter
 from inference.summary import split_summary
 
@@ -536,9 +536,6 @@ def run_job(spec: StackJobSpec, preload: Preload | None = None) -> JobManifest:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Started once torch/anndata are imported (two threads importing the same packages at once can
-    # deadlock in importlib): arc-stack/scvi/lightning then load while the inputs are read and checked.
-    preload = Preload().start()
     parser = argparse.ArgumentParser(description="Run one STACK job (see inference/contract.py).")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--spec-json", help="The StackJobSpec as JSON.")
@@ -551,6 +548,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: the job spec is invalid:\n{exc}", file=sys.stderr)
         return 2
+    # Started once torch/anndata are imported (two threads importing the same packages at once can
+    # deadlock in importlib): what this run's path needs then loads while the inputs are read.
+    preload = Preload(modules_for(spec.mode, unpaired=spec.control_value is None, backtest=spec.backtest,
+                                  markers=spec.query_cell_type is not None)).start()
     try:
         manifest = run_job(spec, preload)
     except InputError as exc:

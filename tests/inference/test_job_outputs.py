@@ -82,3 +82,13 @@ def test_a_failed_background_import_surfaces_with_its_message() -> None:
     preload = Preload(("json", "no_such_module_for_the_job")).start()
     with pytest.raises(ModuleNotFoundError, match="no_such_module_for_the_job"):
         preload.join()
+
+
+def test_the_preload_takes_only_what_the_run_path_needs() -> None:
+    from inference.preload import modules_for
+
+    paired = modules_for("generate", unpaired=False, backtest=False, markers=False)
+    assert "stack.model_loading" in paired and "scipy.stats" in paired
+    assert not {"pdex", "cell_eval", "scanpy"} & set(paired)
+    assert {"pdex", "cell_eval", "scanpy"} <= set(modules_for("generate", unpaired=True, backtest=True, markers=True))
+    assert modules_for("embed", unpaired=True, backtest=False, markers=False) == ("stack.model_loading",)
