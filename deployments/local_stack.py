@@ -263,9 +263,8 @@ def start_prefect_server(port: int, env: dict[str, str], logs: Path, timeout: fl
 
 def start_worker(env: dict[str, str], logs: Path, name: str = "local") -> Process:
     """A process worker for the local pool (a second one, after the first died, needs no other name)."""
-    # No `--limit`: Prefect 3.8's worker crashes when a run it still holds a slot for is retried
-    # at once ("this borrower is already holding one of this CapacityLimiter's tokens"). The
-    # deployments' concurrency limits and the GPU limit bound the work instead.
+    # No `--limit`: the deployments' concurrency limits and the GPU limit bound the work (Prefect
+    # 3.8's worker crashed with one when a run it still held a slot for was retried at once; 3.9's no longer).
     command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", LOCAL_POOL, "--name", name]
     return start("worker", command, env, logs, PROJECT_DIR)
 
