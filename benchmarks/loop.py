@@ -145,7 +145,7 @@ def job_process_seconds(data_dir: Path, run_id: str, k: int) -> float | None:
     return None
 
 
-def measure(stack: LocalStack, run_id: str) -> list[Round]:
+def measure(stack: LocalStack, run_id: str, logs: bool = False) -> list[Round]:
     run_dir = stack.data_dir / "objects" / "runs" / run_id
     rounds = [
         r for r in children(stack, [run_id]) if r["flow_name"] == "analysis-round"
@@ -154,6 +154,7 @@ def measure(stack: LocalStack, run_id: str) -> list[Round]:
     for s in children(stack, [r["id"] for r in rounds]) if rounds else []:
         if s["flow_name"] == "stack-inference":
             stacks[s["parameters"].get("round_number", 1)] = s
+    task_breakdown(stack, rounds, logs)
     measured, previous_end = [], None
     for r in sorted(rounds, key=lambda r: r["parameters"]["k"]):
         k = r["parameters"]["k"]
@@ -176,6 +177,30 @@ def measure(stack: LocalStack, run_id: str) -> list[Round]:
         )
         previous_end = _time(r["end_time"])
     return measured
+
+
+def task_breakdown(stack: LocalStack, rounds: list[dict], logs: bool = False) -> None:
+    """Where a round's own time goes: its task runs (not its stack subflow's), longest first."""
+    with stack.prefect() as prefect:
+        tasks = prefect.post(
+            "/task_runs/filter",
+            json={"flow_runs": {"id": {"any_": [r["id"] for r in rounds]}}, "limit": 200},
+        ).json()
+    by_round: dict[str, list[tuple[float, str]]] = {}
+    for t in tasks:
+        if t.get("start_time") and t.get("end_time") and t.get("flow_run_id"):
+            by_round.setdefault(t["flow_run_id"], []).append((_wall(t), t["name"]))
+    for r in sorted(rounds, key=lambda r: r["parameters"]["k"]):
+        spent = sorted(by_round.get(r["id"], []), reverse=True)
+        listed = ", ".join(f"{name} {seconds:.2f}" for seconds, name in spent[:6])
+        print(f"  round {r['parameters']['k']} task runs (s): {listed or '-'}; all {sum(s for s, _ in spent):.2f}")
+        if logs:  # the round's and its subflows' log lines, timed from the round's start
+            with stack.prefect() as prefect:
+                subs = [c["id"] for c in children(stack, [r["id"]])]
+                logs = prefect.post("/logs/filter", json={"logs": {"flow_run_id": {"any_": [r["id"], *subs]}}, "sort": "TIMESTAMP_ASC", "limit": 200}).json()
+            t0 = _time(r["start_time"])
+            for line in logs:
+                print(f"    +{(_time(line['timestamp']) - t0).total_seconds():6.2f} {line['message'][:110]}")
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -233,6 +258,7 @@ def main() -> int:
         action="store_true",
         help="send no expected genes: offline, no round is then scored and the loop stops after two (not assessable)",
     )
+    parser.add_argument("--logs", action="store_true", help="print each round's log lines, timed from its start")
     parser.add_argument(
         "--keep",
         action="store_true",
@@ -265,7 +291,7 @@ def main() -> int:
                 run_id = posted.json()["id"]
             run = stack.wait_for_run(run_id, timeout=RUN_TIMEOUT_S)
             run_wall = time.perf_counter() - t1
-            rounds = measure(stack, run_id)
+            rounds = measure(stack, run_id, args.logs)
             report(rounds, run, run_wall)
             return 0 if run["state"]["type"] == "COMPLETED" and rounds else 1
     finally:
