@@ -28,6 +28,7 @@ from flows.faults import fault_point, round_step
 from flows.stack_inference import cancel_gpu_jobs_of_flow_run, stack_inference
 from inference.contract import DE_FILE, GENE_MEANS_FILE, PREDICTIONS_FILE, SUMMARY_FILE
 from tasks.agent.steps import plan_round
+from tasks.grounding.enrichment import start_importing_decoupler
 from tasks.grounding.expectations import query_type_of
 from tasks.grounding.models import Expectations
 from tasks.grounding.steps import evaluate_grounding
@@ -103,10 +104,12 @@ def analysis_round(
         backtest=request.backtest,
         output_prefix=join_uri(run_prefix, f"iter-{k}", "stack"),
     )
+    importing = start_importing_decoupler()  # the grounding's slowest import, while the job runs
     # GPU jobs queue here instead of piling up. The slot's lease is renewed while this process lives;
     # the shortest lease (60 s) frees the slot of a crashed run soon, instead of after Prefect's 5 min.
     with concurrency(GPU_CONCURRENCY_LIMIT, occupy=1, lease_duration=GPU_SLOT_LEASE_S):
         collected = stack_inference(spec, round_number=k)
+    importing.join()
     fault_point(round_step("stack_inference", k), run_id)
 
     summary = collected.read_summary()

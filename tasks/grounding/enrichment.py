@@ -12,7 +12,10 @@ the columns of the matrix, so a matrix over the background genes makes the backg
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import math
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -87,6 +90,20 @@ def is_enriched(row: EnrichmentRow, q_threshold: float = DE_Q_THRESHOLD) -> bool
     """Significant and over-represented: decoupler's Fisher test is two-sided, so a depleted set is not enriched."""
     return row.q_value < q_threshold and row.overlap > row.de_genes * row.set_size / row.background
 
+
+
+def start_importing_decoupler() -> threading.Thread:
+    """Import decoupler (numba, seaborn: 2-3 s) on a background thread while the round's GPU job runs,
+    so the round's grounding does not wait for it; the round joins the thread before scoring (one
+    importer of decoupler at a time). A failed import is left to the scoring's own import to report."""
+
+    def run() -> None:
+        with contextlib.suppress(Exception):  # the scoring imports it again and raises the real error there
+            importlib.import_module("decoupler")
+
+    thread = threading.Thread(target=run, name="import-decoupler", daemon=True)
+    thread.start()
+    return thread
 
 @dataclass(frozen=True)
 class _Sets:

@@ -111,3 +111,17 @@ def test_read_de_table_names_the_missing_columns(tmp_path) -> None:
 def test_read_de_table_that_is_not_there(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="de.parquet"):
         read_de_table((tmp_path / "de.parquet").as_uri())
+
+
+def test_decoupler_is_imported_on_a_thread_so_the_rounds_grounding_need_not_wait() -> None:
+    """The round starts this before its GPU job; joined, decoupler is loaded (in a fresh interpreter)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from tasks.grounding.enrichment import start_importing_decoupler; "
+        "assert 'decoupler' not in sys.modules; start_importing_decoupler().join(); "
+        "assert 'decoupler' in sys.modules"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
