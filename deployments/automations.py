@@ -70,6 +70,8 @@ def _comparable(automation: AutomationCore) -> dict:
     """What the automation does, without the ids the server gives it and its trigger."""
     data = AutomationCore.model_validate(automation.model_dump()).model_dump(mode="json")
     data["trigger"].pop("id", None)
+    for key in ("after", "expect"):  # sets: their JSON lists come in whatever order the set iterates
+        data["trigger"][key] = sorted(data["trigger"].get(key) or [])
     return data
 
 

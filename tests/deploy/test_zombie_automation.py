@@ -46,3 +46,16 @@ def test_the_zombie_automation_is_made_once_and_follows_the_heartbeat(prefect_ap
     assert asyncio.run(_ensure(60)) == "unchanged"
     (automation,) = asyncio.run(_read())
     assert automation.trigger.within == timedelta(seconds=MISSED_HEARTBEATS * 60)
+
+
+
+def test_the_same_automation_compares_equal_whatever_order_its_event_sets_come_in() -> None:
+    """The server returns ``expect`` as a JSON list that becomes a set again, and a set's iteration
+    (and JSON) order depends on its insertion history and the process's hash seed: the comparison a
+    second set-up makes must not depend on it, or it rewrites the automation ("updated", where the
+    e2e check wants every line unchanged)."""
+    from deployments.automations import _comparable, zombie_automation
+
+    trigger = _comparable(zombie_automation(30))["trigger"]
+    assert trigger["expect"] == sorted(zombie_automation(30).trigger.expect)
+    assert trigger["after"] == ["prefect.flow-run.heartbeat"]
