@@ -19,7 +19,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from inference import gene_means as means_mod
 from inference.contract import GENE_MEANS_COLUMNS, MatrixLocation
+from tasks.grounding.plots import headless_pyplot
 
 if TYPE_CHECKING:
     import anndata as ad
@@ -90,18 +92,11 @@ def gene_means_table(query: ad.AnnData, predictions: ad.AnnData, split_key: str 
     """
     genes = [str(g) for g in predictions.var_names]
     generated = query[query.obs_names.isin(predictions.obs["query_cell"])]
-    parts = [_rows(QUERY_INPUT, None, genes, query_means_on_genes(generated, genes, *what_the_job_read(predictions)))]
+    parts = [means_mod.frame(QUERY_INPUT, None, genes, query_means_on_genes(generated, genes, *what_the_job_read(predictions)))]
     contexts = predictions.obs[split_key].astype(str)
     for context in dict.fromkeys(contexts):
-        parts.append(_rows(PREDICTION, context, genes, mean_log1p_cpm(predictions[contexts == context].X)))
-    return pd.concat(parts, ignore_index=True)
-
-
-def _rows(source: str, context: str | None, genes: list[str], means: np.ndarray) -> pd.DataFrame:
-    return pd.DataFrame(
-        {"source": source, "split_value": context, "gene": genes, "mean_log1p_cpm": np.asarray(means, dtype=float)},
-        columns=GENE_MEANS_COLUMNS,
-    )
+        parts.append(means_mod.frame(PREDICTION, context, genes, mean_log1p_cpm(predictions[contexts == context].X)))
+    return means_mod.table(parts)
 
 
 def panels(gene_means: pd.DataFrame, name: str = "gene_means") -> list[Panel]:
@@ -131,7 +126,7 @@ def plot_predictions_vs_query(gene_means: pd.DataFrame, out: Path) -> Path:
 
 def draw_panels(drawn: list[Panel], out: Path) -> Path:
     """Scatter each panel against the diagonal and save the PNG."""
-    plt = _pyplot()
+    plt = headless_pyplot()
     fig, axes = plt.subplots(1, max(len(drawn), 1), figsize=(4.2 * max(len(drawn), 1), 4.2), squeeze=False)
     for ax, panel in zip(axes[0], drawn):
         x, y = panel.query, panel.predicted
@@ -147,12 +142,3 @@ def draw_panels(drawn: list[Panel], out: Path) -> Path:
     plt.close(fig)
     return out
 
-
-def _pyplot():
-    """matplotlib.pyplot on the headless backend, imported when a figure is drawn (it costs ~0.5 s)."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # workers and CI have no display
-    import matplotlib.pyplot as plt
-
-    return plt

@@ -38,7 +38,7 @@ def plain_label(text: str, limit: int = 60) -> str:
     return (text[: limit - 1] + "…" if len(text) > limit else text).replace("$", r"\$")
 
 
-def _pyplot():
+def headless_pyplot():
     """matplotlib.pyplot on the headless backend, imported when a figure is drawn (it costs ~0.5 s)."""
     import matplotlib
 
@@ -52,7 +52,7 @@ def _png(fig: Figure) -> bytes:
     buffer = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buffer, format="png", dpi=110)
-    _pyplot().close(fig)
+    headless_pyplot().close(fig)
     return buffer.getvalue()
 
 
@@ -71,7 +71,7 @@ def volcano_png(
     y = neg_log10(rows["q_value"])
     significant = rows["q_value"].to_numpy(dtype=float) < q_threshold
     colour = np.where(significant & (lfc > 0), _UP, np.where(significant & (lfc < 0), _DOWN, _OTHER))
-    fig, ax = _pyplot().subplots(figsize=(5.2, 4.4))
+    fig, ax = headless_pyplot().subplots(figsize=(5.2, 4.4))
     ax.scatter(lfc, y, s=6, c=colour, alpha=0.7, linewidths=0)
     ax.axhline(-np.log10(q_threshold), color="black", linewidth=0.8, linestyle="--", label=f"q = {q_threshold:g}")
     ax.axvline(0, color="grey", linewidth=0.5)
@@ -93,7 +93,7 @@ def enrichment_bar_png(rows: Sequence[EnrichmentRow], *, top: int = 15, q_thresh
     """The ``top`` sets by q as horizontal bars of -log10 q, coloured by direction; an expected set
     is starred, and the q threshold is a line."""
     best = sorted(rows, key=lambda r: (r.q_value, -r.overlap))[:top][::-1]  # best at the top of the chart
-    fig, ax = _pyplot().subplots(figsize=(7.0, 0.32 * max(len(best), 3) + 1.2))
+    fig, ax = headless_pyplot().subplots(figsize=(7.0, 0.32 * max(len(best), 3) + 1.2))
     labels = [
         f"{'* ' if r.expected else ''}{plain_label(r.name, 50)} ({plain_label(r.split_value, 20)}, {r.direction})"
         for r in best
@@ -131,7 +131,7 @@ def trajectory_png(rows: Sequence[ScoredRound], *, best_round: int | None = None
     """The composite (bold) and each component (thin) across rounds, 0-10; a round a score could
     not be assessed in is a gap in its line (markers show a lone point), and the best round is marked."""
     ks = [r.k for r in rows]
-    fig, ax = _pyplot().subplots(figsize=(6.0, 3.8))
+    fig, ax = headless_pyplot().subplots(figsize=(6.0, 3.8))
     for name, values in trajectory_series(rows).items():
         if name == "composite":
             ax.plot(ks, values, marker="o", markersize=6, linewidth=2.5, color="black", label="composite", zorder=1)
