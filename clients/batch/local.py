@@ -179,7 +179,7 @@ class LocalProcessRunner(BatchRunner):
             now = time.monotonic()
             if not self._wrapper_alive(job_dir) and now >= next_scan:
                 # the wrapper is gone without an exit code (killed): done once its group is gone too
-                if not self._alive(job_dir):
+                if not _group_alive(self._pid(job_dir)[0]):
                     return True
                 next_scan = now + _GROUP_SCAN_S
             if now >= deadline:
