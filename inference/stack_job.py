@@ -20,8 +20,8 @@ host, windows are made dense on the device per batch, each context's predictions
 the file as it finishes, and DE/backtest read the arms back from it one context at a time.
 
 Start-up: arc-stack, scvi and lightning (seconds to import) are imported on a background thread
-from process start, overlapping the reading of the inputs; pdex, cell-eval and scanpy only on the
-paths that use them.
+that ``main`` starts once the spec is parsed (inference.preload), overlapping the reading of the
+inputs; pdex, cell-eval and scanpy only on the paths that use them.
 
 Exit status: 0 done, 2 bad input or an output prefix already in use (nothing computed), 1 any other
 failure (progress.json then says ``failed`` and why). Never imports Prefect.
