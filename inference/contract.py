@@ -16,6 +16,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 JOB_MODULE = "inference.stack_job"
+# Batch sets this in each task of a job with task_count > 1 (0, 1, ...); the local runner does the same.
+TASK_INDEX_ENV = "BATCH_TASK_INDEX"
 
 # File names under a job's output prefix.
 PREDICTIONS_FILE = "predictions.h5ad"
@@ -35,6 +37,8 @@ GENE_MEANS_FILE = "gene_means.parquet"  # generate mode: what the report's plot 
 # (the query cells as the job read them; split_value null) or "prediction" (one context's generated
 # cells); ``mean_log1p_cpm`` is the mean over cells of log1p(counts per million), computed in chunks.
 GENE_MEANS_COLUMNS = ["source", "split_value", "gene", "mean_log1p_cpm"]
+
+SHARD_DIR_PREFIX = "shard-"  # a sharded job's task writes shard i's part under <output_prefix>/shard-<i>/
 
 # A DE gene is "significant" in summaries and scores below this Benjamini-Hochberg q.
 DE_Q_THRESHOLD = 0.05
@@ -119,6 +123,15 @@ class StackJobSpec(BaseModel):
     chunk_size: int = Field(default=256, ge=1, le=1_000_000, description="Query cells generated per chunk.")
     precision: Precision = "fp32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    shard_count: int = Field(
+        default=1,
+        ge=1,
+        le=1000,
+        description="Split the (filtered) query cells into this many contiguous shards (numpy.array_split order), "
+        "each generated as its own query set with the same seed; 1: all query cells at once (arc-stack's "
+        "generate() bit for bit). Part of what is computed: the same shard_count gives the same numbers whether "
+        "the shards run one after another in one job or as parallel tasks that a merge joins.",
+    )
     output_prefix: str = Field(description="New, empty location (file:// or gs://) for the outputs.")
 
     @model_validator(mode="after")
@@ -141,13 +154,22 @@ class StackJobSpec(BaseModel):
         treated = [v for v in present if v != self.control_value]
         return treated + ([self.control_value] if self.control_value is not None else [])
 
-    def to_argv(self) -> list[str]:
-        """The container command that runs this job."""
-        return ["python", "-m", JOB_MODULE, "--spec-json", self.model_dump_json()]
+    def to_argv(self, shards: list[int] | None = None) -> list[str]:
+        """The container command that runs this job; with ``shards``, the command of a sharded job's
+        tasks: task k (``BATCH_TASK_INDEX``) runs shard ``shards[k]`` and writes under :meth:`shard_uri`."""
+        argv = ["python", "-m", JOB_MODULE, "--spec-json", self.model_dump_json()]
+        if shards is not None:
+            argv += ["--shards", ",".join(str(i) for i in shards)]
+        return argv
+
+    def shard_uri(self, index: int) -> str:
+        """Where shard ``index`` of a sharded job writes its part (predictions, progress, manifest)."""
+        return self.output_uri(f"{SHARD_DIR_PREFIX}{index}")
 
     def content_hash(self) -> str:
         """sha256 of every field except the output location: equal specs compute equal outputs."""
-        payload = self.model_dump(mode="json", exclude={"output_prefix"})
+        # shard_count 1 is left out so that the hash (and a job id made from it) stays what it was before sharding existed
+        payload = self.model_dump(mode="json", exclude={"output_prefix"} | ({"shard_count"} if self.shard_count == 1 else set()))
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
     def output_uri(self, name: str) -> str:
@@ -254,6 +276,17 @@ class PredictionSummary(BaseModel):
     backtest: BacktestSummary | None = None
 
 
+class ShardInfo(BaseModel):
+    """Which part of a sharded job a part's manifest vouches for."""
+
+    index: int = Field(ge=0)
+    count: int = Field(ge=1)
+    query_cells: tuple[int, int] = Field(description="[start, stop) of the filtered query cells this shard generated.")
+    blocks: dict[str, tuple[int, int]] = Field(
+        default_factory=dict, description="Per context, [start, stop) of its rows in this part's predictions.h5ad."
+    )
+
+
 class JobManifest(BaseModel):
     """Written last by the job: its presence means the outputs are complete."""
 
@@ -269,3 +302,29 @@ class JobManifest(BaseModel):
     predictions_shape: tuple[int, int]
     started_at: datetime
     finished_at: datetime
+    shard: ShardInfo | None = Field(default=None, description="Set in the manifest of one shard's part.")
+    merged_from: list[str] = Field(
+        default_factory=list, description="A merge's manifest: the part prefixes (shard 0, 1, ...) it joined."
+    )
+
+
+class MergeSpec(BaseModel):
+    """The merge job of a sharded run: join the parts into the outputs a one-task job writes.
+
+    ``spec.output_prefix`` is where the merged outputs go; ``parts[i]`` holds shard i's complete part
+    (its manifest.json), possibly from different attempts of the sharded job.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    spec: StackJobSpec
+    parts: list[str] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _one_part_per_shard(self) -> MergeSpec:
+        if len(self.parts) != self.spec.shard_count:
+            raise ValueError(f"a merge needs one part per shard: {len(self.parts)} part(s) for shard_count {self.spec.shard_count}")
+        return self
+
+    def to_argv(self) -> list[str]:
+        return ["python", "-m", JOB_MODULE, "--merge-json", self.model_dump_json()]

@@ -50,10 +50,22 @@ class BatchJobRequest(BaseModel):
     command: list[str] = Field(min_length=1, description="argv; a leading `python` is the runner's interpreter.")
     output_prefix: str = Field(description="Where the job writes its outputs, progress and manifest.")
     labels: dict[str, str] = Field(default_factory=dict, description="Lowercase key/values, e.g. the flow run id.")
+    task_count: int = Field(
+        default=1, ge=1, le=10_000,
+        description="Tasks of this one job, each running the command with BATCH_TASK_INDEX=0, 1, ... (shards).",
+    )
+    parallelism: int | None = Field(default=None, ge=1, description="At most this many tasks at once; None: all.")
 
     @classmethod
-    def for_stack_job(cls, spec: StackJobSpec, labels: dict[str, str] | None = None) -> BatchJobRequest:
-        return cls(command=spec.to_argv(), output_prefix=spec.output_prefix, labels=labels or {})
+    def for_stack_job(
+        cls, spec: StackJobSpec, labels: dict[str, str] | None = None, *,
+        shards: list[int] | None = None, parallelism: int | None = None,
+    ) -> BatchJobRequest:
+        """The request for a job; with ``shards``, one task per listed shard of a sharded spec."""
+        return cls(
+            command=spec.to_argv(shards), output_prefix=spec.output_prefix, labels=labels or {},
+            task_count=len(shards) if shards else 1, parallelism=parallelism,
+        )
 
     def output_uri(self, name: str) -> str:
         return join_uri(self.output_prefix, name)
