@@ -28,6 +28,7 @@ from flows.faults import fault_point, round_step
 from flows.stack_inference import cancel_gpu_jobs_of_flow_run, stack_inference
 from inference.contract import DE_FILE, GENE_MEANS_FILE, PREDICTIONS_FILE, SUMMARY_FILE
 from tasks.agent.steps import plan_round
+from tasks.gpu_job import gpus_at_once, shard_count_for
 from tasks.grounding.enrichment import start_importing_decoupler
 from tasks.grounding.expectations import query_type_of
 from tasks.grounding.models import Expectations
@@ -103,11 +104,12 @@ def analysis_round(
         query_cell_type=cell_type[1] if cell_type else None,
         backtest=request.backtest,
         output_prefix=join_uri(run_prefix, f"iter-{k}", "stack"),
+        shard_count=shard_count_for(query.facts.n_obs),
     )
     importing = start_importing_decoupler()  # the grounding's slowest import, while the job runs
     # GPU jobs queue here instead of piling up. The slot's lease is renewed while this process lives;
     # the shortest lease (60 s) frees the slot of a crashed run soon, instead of after Prefect's 5 min.
-    with concurrency(GPU_CONCURRENCY_LIMIT, occupy=1, lease_duration=GPU_SLOT_LEASE_S):
+    with concurrency(GPU_CONCURRENCY_LIMIT, occupy=gpus_at_once(spec), lease_duration=GPU_SLOT_LEASE_S):
         collected = stack_inference(spec, round_number=k)
     importing.join()
     fault_point(round_step("stack_inference", k), run_id)

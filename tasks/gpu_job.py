@@ -83,6 +83,18 @@ class CollectedOutputs(BaseModel):
         return PredictionSummary.model_validate_json(store_for(uri).get_bytes(uri))
 
 
+def shard_count_for(query_cells: int) -> int:
+    """How many shards a query of ``query_cells`` cells (before any obs filter) is split into, by
+    ``STACKFLOWS_BATCH__SHARD_CELLS``; 1 (no sharding) when that is unset."""
+    per_shard = get_settings().batch.shard_cells
+    return 1 if per_shard is None else max(1, -(-query_cells // per_shard))
+
+
+def gpus_at_once(spec: StackJobSpec) -> int:
+    """GPUs a job of ``spec`` uses at once: its shards, up to ``STACKFLOWS_BATCH__MAX_PARALLEL_SHARDS``."""
+    return min(spec.shard_count, get_settings().batch.max_parallel_shards)
+
+
 def job_base_id(run_id: str, content_hash: str) -> str:
     """``stack-<32 hex of the run id>-<16 hex of the content hash>``: 55 characters, Batch-safe."""
     run_hex = run_id.replace("-", "").lower()[:32]

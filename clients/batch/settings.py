@@ -75,6 +75,24 @@ class BatchSettings(BaseModel):
             "50001-50004, 50006); 0: a preemption fails the run until someone presses Retry."
         ),
     )
+    shard_cells: int | None = Field(
+        default=200_000,
+        ge=1,
+        description=(
+            "Query cells per shard: a job whose query has more cells is split into ceil(cells / shard_cells) "
+            "shards, run as the tasks of one Batch job (parallel processes locally) and merged into one set of "
+            "outputs. The default keeps a shard well inside a g2-standard-8 host with the released model "
+            "(benchmarks/README.md, Scale). None: never shard."
+        ),
+    )
+    max_parallel_shards: int = Field(
+        default=2,
+        ge=1,
+        description=(
+            "At most this many shard tasks (GPUs) at once (Batch parallelism); a sharded run holds that many "
+            "slots of the stackflows-gpu-jobs concurrency limit, so keep it within the limit's slots."
+        ),
+    )
     max_run_duration_s: int = Field(default=4 * 3600, ge=60, description="Batch kills the task after this long.")
     service_account: str | None = Field(
         default=None, description="Service account email of the job VM (needs storage access to the inputs/outputs)."
