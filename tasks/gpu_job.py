@@ -30,10 +30,26 @@ from prefect.client.schemas.actions import ArtifactCreate
 from prefect.context import FlowRunContext
 from pydantic import BaseModel, Field
 
-from clients.batch import BatchJobRequest, BatchRunner, JobNotFoundError, JobState, JobStatus, runner_from_settings
+from clients.batch import (
+    BatchJobRequest,
+    BatchRunner,
+    JobNotFoundError,
+    JobState,
+    JobStatus,
+    runner_from_settings,
+)
+from clients.batch.base import read_progress
 from clients.settings import get_settings
 from clients.storage.uris import join_uri
-from inference.contract import MANIFEST_FILE, SUMMARY_FILE, JobManifest, PredictionSummary, StackJobSpec
+from inference.contract import (
+    MANIFEST_FILE,
+    SHARD_DIR_PREFIX,
+    SUMMARY_FILE,
+    JobManifest,
+    JobProgress,
+    PredictionSummary,
+    StackJobSpec,
+)
 from tasks.report_text import md_inline
 from tasks.results import shared_result_storage
 from tasks.run_tree import flow_runs_above
@@ -63,6 +79,13 @@ class SubmittedJob(BaseModel):
     job_id: str
     backend: str
     request: BatchJobRequest
+    shards: list[int] = Field(
+        default_factory=list, description="A sharded job's shards, task k running shards[k]; empty: one whole job."
+    )
+
+    def part_prefix(self, shard: int) -> str:
+        """Where this job's task for ``shard`` writes its part."""
+        return join_uri(self.request.output_prefix, f"{SHARD_DIR_PREFIX}{shard}")
 
 
 class CollectedOutputs(BaseModel):
@@ -95,10 +118,11 @@ def gpus_at_once(spec: StackJobSpec) -> int:
     return min(spec.shard_count, get_settings().batch.max_parallel_shards)
 
 
-def job_base_id(run_id: str, content_hash: str) -> str:
-    """``stack-<32 hex of the run id>-<16 hex of the content hash>``: 55 characters, Batch-safe."""
+def job_base_id(run_id: str, content_hash: str, kind: str = "stack") -> str:
+    """``<kind>-<32 hex of the run id>-<16 hex of the content hash>``: 55 characters for "stack" (a
+    sharded run's merge job is kind "merge"), Batch-safe."""
     run_hex = run_id.replace("-", "").lower()[:32]
-    return f"stack-{run_hex}-{content_hash[:16]}"
+    return f"{kind}-{run_hex}-{content_hash[:16]}"
 
 
 def attempt_id(base_id: str, attempt: int) -> str:
@@ -177,18 +201,41 @@ def preempted_too_often(job_id: str, max_retries: int) -> JobPreemptedError:
     )
 
 
+def shards_spec(spec: StackJobSpec) -> StackJobSpec:
+    """The spec a sharded job's tasks run: the parts go beside the outputs, under ``<output_prefix>-shards``."""
+    return spec.model_copy(update={"output_prefix": f"{spec.output_prefix.rstrip('/')}-shards"})
+
+
+def finished_parts(spec: StackJobSpec, base_id: str, attempts: int) -> dict[int, str]:
+    """Shard -> the prefix of its finished part (one holding a manifest), in attempts 1..``attempts`` of the
+    sharded job ``base_id`` (``spec``: the shards' spec). Read back from storage, so a retry on any worker
+    sees what every earlier attempt finished: only the rest runs again."""
+    from clients.storage import store_for
+
+    found: dict[int, str] = {}
+    for attempt in range(1, attempts + 1):
+        attempt_spec = spec_for_job(spec, attempt_id(base_id, attempt))
+        for shard in range(spec.shard_count):
+            prefix = attempt_spec.shard_uri(shard)
+            manifest = join_uri(prefix, MANIFEST_FILE)
+            if shard not in found and store_for(manifest).exists(manifest):
+                found[shard] = prefix
+    return found
+
+
 def _submit_cache_key(context: Any, parameters: dict[str, Any]) -> str:
     backend = get_settings().batch.backend
     return f"gpu-job-{backend}-{parameters['job_id']}"
 
 
 @task(name="submit-gpu-job", cache_key_fn=_submit_cache_key, persist_result=True)
-def submit_gpu_job(request: BatchJobRequest, job_id: str) -> SubmittedJob:
+def submit_gpu_job(request: BatchJobRequest, job_id: str, shards: list[int] | None = None) -> SubmittedJob:
     """Start the job (or find it started); the persisted result lets a retried run skip this task."""
     runner = runner_from_settings()
     runner.submit(request, job_id)
-    get_run_logger().info("Submitted GPU job %s. %s", job_id, runner.logs_hint(job_id))
-    return SubmittedJob(job_id=job_id, backend=get_settings().batch.backend, request=request)
+    what = f" ({request.task_count} tasks: shards {', '.join(map(str, shards))})" if shards else ""
+    get_run_logger().info("Submitted GPU job %s%s. %s", job_id, what, runner.logs_hint(job_id))
+    return SubmittedJob(job_id=job_id, backend=get_settings().batch.backend, request=request, shards=shards or [])
 
 
 def submit_task_for_settings():  # noqa: ANN201 (a prefect Task)
@@ -242,6 +289,32 @@ class _ProgressArtifact:
             self.last = (percent, text)
 
 
+_PHASES = ["loading", "generating", "embedding", "writing", "done"]
+
+
+def combined_progress(parts: list[JobProgress | None]) -> JobProgress | None:
+    """One progress for a job's tasks (each shard writes its own): chunks and cells summed, the phase the
+    least advanced task is in (failed if any failed), and how many shards are done."""
+    seen = [p for p in parts if p is not None]
+    if not seen:
+        return None
+    done = sum(p.phase == "done" for p in seen)
+    failed = [p for p in seen if p.phase == "failed"]
+    phase = "failed" if failed else ("done" if done == len(parts) else min((p.phase for p in seen), key=_PHASES.index))
+    if phase == "done" and len(seen) < len(parts):
+        phase = "loading"
+    message = f"{done}/{len(parts)} shards done" + (f"; {failed[0].message}" if failed else "")
+    return JobProgress(
+        phase=phase,
+        chunks_done=sum(p.chunks_done for p in seen),
+        chunks_total=sum(p.chunks_total for p in seen),
+        cells_done=sum(p.cells_done for p in seen),
+        cells_total=sum(p.cells_total for p in seen),
+        message=message,
+        updated_at=max(p.updated_at for p in seen),
+    )
+
+
 def progress_of(status: JobStatus) -> tuple[float, str]:
     """Percent done and the artifact's description, as markdown (the UI renders descriptions so): the
     job's message may name a context, i.e. the data's own words, so it is escaped."""
@@ -278,6 +351,8 @@ def wait_for_gpu_job(job: SubmittedJob, runner: BatchRunner | None = None) -> Jo
             raise JobFailedError(
                 f"GPU job {job.job_id} is gone from the {job.backend} backend (deleted?); retry the run to submit it again"
             ) from None
+        if job.shards:  # each task writes its own progress beside its part
+            status.progress = combined_progress([read_progress(job.part_prefix(i)) for i in job.shards])
         artifact.update(status)
         if status.state is not last_state:
             logger.info("GPU %s", status.describe())
