@@ -169,8 +169,16 @@ def flow_run_env(settings: Settings) -> dict[str, str]:
 # --- concurrency --------------------------------------------------------------------------------
 
 
-async def ensure_gpu_limit(client: PrefectClient, slots: int = GPU_LIMIT_SLOTS) -> Change:
+def gpu_limit_slots() -> int:
+    """The GPU limit's slots: GPU_LIMIT_SLOTS, or more when one sharded round needs more
+    (``STACKFLOWS_BATCH__MAX_PARALLEL_SHARDS``): Prefect refuses a holder that asks for more slots than
+    the limit has, so a sharded round could never start."""
+    return max(GPU_LIMIT_SLOTS, get_settings().batch.max_parallel_shards)
+
+
+async def ensure_gpu_limit(client: PrefectClient, slots: int | None = None) -> Change:
     """A global concurrency limit the GPU job tasks take a slot of, so jobs queue instead of piling up."""
+    slots = gpu_limit_slots() if slots is None else slots
     try:
         limit = await client.read_global_concurrency_limit_by_name(GPU_CONCURRENCY_LIMIT)
     except ObjectNotFound:

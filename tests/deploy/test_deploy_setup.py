@@ -55,6 +55,27 @@ def test_the_gpu_concurrency_limit_is_created_once(prefect_api: None) -> None:
     assert first in ("created", "unchanged") and second == "unchanged"
 
 
+def test_the_gpu_limit_has_room_for_one_sharded_round(prefect_api: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prefect refuses a holder asking for more slots than a limit has: a round running 4 shards at once
+    (STACKFLOWS_BATCH__MAX_PARALLEL_SHARDS=4) needs a limit of at least 4."""
+    from clients.batch.settings import GPU_CONCURRENCY_LIMIT
+    from clients.settings import get_settings
+
+    async def set_up_and_read() -> int:
+        async with get_client() as client:
+            await deploy_setup.ensure_gpu_limit(client)
+            return (await client.read_global_concurrency_limit_by_name(GPU_CONCURRENCY_LIMIT)).limit
+
+    monkeypatch.setenv("STACKFLOWS_BATCH__MAX_PARALLEL_SHARDS", "4")
+    get_settings.cache_clear()
+    try:
+        assert run(set_up_and_read()) == 4
+    finally:
+        monkeypatch.delenv("STACKFLOWS_BATCH__MAX_PARALLEL_SHARDS")
+        get_settings.cache_clear()
+    assert run(set_up_and_read()) == deploy_setup.GPU_LIMIT_SLOTS  # the default again, for the other tests
+
+
 def test_blocks_are_saved_once_and_updated_when_they_differ(prefect_api: None, tmp_path: Path) -> None:
     results = LocalFileSystem(basepath=str(tmp_path / "results"))
     assert run(deploy_setup.ensure_block(results, "setup-test-results")).action == "created"
