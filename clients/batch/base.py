@@ -3,6 +3,11 @@
 A job is named by a caller-chosen id (lowercase, at most 63 characters: Cloud Batch's rule, kept
 everywhere so a job id means the same on every backend). Submitting an id that already exists
 returns it instead of starting a second job: that is what makes a retried flow run safe.
+
+A request with ``task_count`` N > 1 is one job of N tasks (a sharded job's shards): each runs the
+same command with ``BATCH_TASK_INDEX`` 0..N-1 (Cloud Batch sets it; the local runner does the same),
+at most ``parallelism`` at once. A runner retries no task: a retry is a new job (an attempt) that
+lists only the shards still missing, so a job's status only has to say which tasks failed.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import re
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from enum import Enum
 
 from pydantic import BaseModel, Field
@@ -19,7 +25,11 @@ from inference.contract import MANIFEST_FILE, PROGRESS_FILE, JobProgress, StackJ
 
 JOB_ID_PATTERN = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
 STDERR_TAIL_FILE = "job_stderr.txt"  # written under the output prefix by clients.batch.job_wrapper
+# A multi-task job's task k keeps its own tail (the wrapper expands {task_index} from BATCH_TASK_INDEX).
+TASK_STDERR_TAIL_FILE = "job_stderr-task{task_index}.txt"
 STDERR_TAIL_BYTES = 8192
+_TAIL_LINES = 30  # what a failure message shows of a job's stderr, shared among a multi-task job's failed tasks
+_TAIL_TASKS = 4  # failed tasks whose stderr that shows
 # Cloud Batch's exit codes for a task whose Spot VM was preempted or whose host went away (50001-50004,
 # 50006): the work did not fail, its machine did, so a new attempt is the fix. 50005 (the task ran past
 # max_run_duration) is not among them: a new attempt would run into the same limit.
@@ -80,7 +90,13 @@ class BatchJobRequest(BaseModel):
 
 
 class JobStatus(BaseModel):
-    """One look at a job. ``message`` says why it ended where the backend knows."""
+    """One look at a job. ``message`` says why it ended where the backend knows.
+
+    A job of several tasks (shards) is SUCCEEDED when all succeeded and FAILED once all ended and any
+    failed; ``exit_code`` is then the lowest-numbered failed task's, ``task_exit_codes`` has each
+    ended task's code (what a retry of only the failed shards needs), ``message`` and ``stderr_tail``
+    name the failed tasks.
+    """
 
     job_id: str
     state: JobState
@@ -89,17 +105,62 @@ class JobStatus(BaseModel):
     stderr_tail: str = ""
     progress: JobProgress | None = None
     output_prefix: str | None = None
+    task_count: int = Field(default=1, ge=1, description="Tasks of the job (BATCH_TASK_INDEX 0..task_count-1).")
+    task_exit_codes: dict[int, int | None] = Field(
+        default_factory=dict,
+        description="Task index -> exit code, for the tasks known to have ended (None: failed without one). "
+        "The cloud runner knows them once the job ended; the local one as each task ends.",
+    )
+
+    @property
+    def failed_tasks(self) -> list[int]:
+        """Indexes (BATCH_TASK_INDEX) of the tasks that ended and failed, in order."""
+        return sorted(k for k, code in self.task_exit_codes.items() if code != 0)
 
     @property
     def preempted(self) -> bool:
-        """The job failed because Batch took its machine away (Spot preemption), not because of the work."""
-        return self.state is JobState.FAILED and self.exit_code in PREEMPTION_EXIT_CODES
+        """The job failed because Batch took its machine away (Spot preemption), not because of the work:
+        every failed task was preempted."""
+        if self.state is not JobState.FAILED:
+            return False
+        codes = [self.task_exit_codes[k] for k in self.failed_tasks] or [self.exit_code]
+        return all(code in PREEMPTION_EXIT_CODES for code in codes)
 
     def describe(self) -> str:
         """One line for logs and errors."""
         details = [f"exit code {self.exit_code}"] if self.exit_code is not None else []
         details += [self.message] if self.message else []
         return f"job {self.job_id} {self.state.value}" + (f" ({'; '.join(details)})" if details else "")
+
+
+def report_failed_tasks(
+    status: JobStatus, tail_of: Callable[[int], str], explain: Callable[[int | None], str] | None = None
+) -> None:
+    """Fill a FAILED multi-task status from its ``task_exit_codes``: ``exit_code`` (the lowest-numbered
+    failed task's), a ``message`` naming each failed task and its code (``explain`` adds the backend's
+    words for a code), and a ``stderr_tail`` with the last lines of each failed task's own tail."""
+    failed = status.failed_tasks
+    if not failed:
+        return
+    status.exit_code = status.task_exit_codes[failed[0]]
+
+    def one(k: int) -> str:
+        code = status.task_exit_codes[k]
+        words = explain(code) if explain else ""
+        return f"task {k} exit code {code}" + (f" ({words})" if words else "")
+
+    status.message = f"{len(failed)} of {status.task_count} tasks failed: " + "; ".join(one(k) for k in failed)
+    shown = failed[:_TAIL_TASKS]
+    headers = len(shown) + (len(failed) > len(shown))
+    lines_each = max(3, (_TAIL_LINES - headers) // len(shown))  # so that the last 30 lines keep every header
+    sections = []
+    for k in shown:
+        tail = tail_of(k).strip().splitlines()[-lines_each:]
+        header = f"--- task {k} (exit code {status.task_exit_codes[k]}) ---"
+        sections.append(header + "\n" + ("\n".join(tail) or "(no stderr saved)"))
+    if len(failed) > len(shown):
+        sections.append(f"--- and {len(failed) - len(shown)} more failed task(s) ---")
+    status.stderr_tail = "\n".join(sections)
 
 
 def check_job_id(job_id: str) -> str:
@@ -166,11 +227,13 @@ def read_progress(output_prefix: str) -> JobProgress | None:
         return None
 
 
-def read_stderr_tail(output_prefix: str) -> str:
-    """What clients.batch.job_wrapper saved of the job's stderr, or '' if nothing was saved."""
+def read_stderr_tail(output_prefix: str, task_index: int | None = None) -> str:
+    """What clients.batch.job_wrapper saved of the job's stderr (of task ``task_index`` of a multi-task
+    job), or '' if nothing was saved."""
     from clients.storage import ObjectNotFoundError, store_for
 
-    uri = join_uri(output_prefix, STDERR_TAIL_FILE)
+    name = STDERR_TAIL_FILE if task_index is None else TASK_STDERR_TAIL_FILE.replace("{task_index}", str(task_index))
+    uri = join_uri(output_prefix, name)
     try:
         return store_for(uri).get_bytes(uri).decode(errors="replace")
     except ObjectNotFoundError:

@@ -1,10 +1,15 @@
-"""Jobs on Google Cloud Batch: one task on one GPU VM running the job's container command.
+"""Jobs on Google Cloud Batch: each task on its own GPU VM running the job's container command.
+
+A job has one task, or ``task_count`` tasks (a sharded job's shards: task k reads ``BATCH_TASK_INDEX``,
+which Batch sets), at most ``parallelism`` at once; Batch's quota and that bound decide how many GPUs
+run together. Each task's job_wrapper saves its own stderr tail (``job_stderr-task<k>.txt``), and the
+status of a failed multi-task job lists its tasks (one more API call) to say which failed and how.
 
 Every call goes through the real ``google-cloud-batch`` client over REST, wrapped in an api-core
 ``Retry`` for transient errors (create/cancel have no default retry). ``create_job`` with our own
 job id is the idempotency: a second create of that id answers 409 Conflict, which means "already
 submitted". Nothing is remembered in memory; status is read back from Batch and from the files the
-job writes beside its outputs (progress.json, job_stderr.txt).
+job writes beside its outputs (progress.json, job_stderr.txt or job_stderr-task<k>.txt).
 
     runner = CloudBatchRunner(settings.batch)
     runner.submit(BatchJobRequest.for_stack_job(spec, labels={"flow-run-id": run_id}), "stack-1234")
@@ -23,6 +28,7 @@ from google.protobuf.duration_pb2 import Duration
 
 from clients.batch.base import (
     STDERR_TAIL_FILE,
+    TASK_STDERR_TAIL_FILE,
     BatchJobRequest,
     BatchRunner,
     JobNotFoundError,
@@ -32,6 +38,7 @@ from clients.batch.base import (
     check_labels,
     read_progress,
     read_stderr_tail,
+    report_failed_tasks,
 )
 from clients.batch.settings import BatchSettings
 
@@ -43,6 +50,7 @@ HYPERDISK_ONLY_PREFIXES = ("a3-ultragpu-",)  # A3 Ultra; A3 High, Mega and Edge 
 HYPERDISK_BOOT = "hyperdisk-balanced"
 
 _State = batch_v1.JobStatus.State
+_TaskState = batch_v1.TaskStatus.State
 STATES = {
     _State.STATE_UNSPECIFIED: JobState.QUEUED,
     _State.QUEUED: JobState.QUEUED,
@@ -116,11 +124,12 @@ class CloudBatchRunner(BatchRunner):
     # -- submit -----------------------------------------------------------------------------------
 
     def build_job(self, request: BatchJobRequest) -> batch_v1.Job:
-        """The Batch job for a request: one task, the container command, a GPU VM, logs kept."""
+        """The Batch job for a request: its tasks, the container command, a GPU VM per task, logs kept."""
         s = self.settings
         command = list(request.command)
-        if s.capture_stderr:
-            tail_uri = request.output_uri(STDERR_TAIL_FILE)
+        tasks = request.task_count
+        if s.capture_stderr:  # a multi-task job's tasks each keep their own tail: the wrapper expands {task_index}
+            tail_uri = request.output_uri(STDERR_TAIL_FILE if tasks == 1 else TASK_STDERR_TAIL_FILE)
             command = ["python", "-m", "clients.batch.job_wrapper", "--stderr-tail-uri", tail_uri, "--", *command]
         # No container.volumes: Batch then mounts the task's volumes at the same paths and, with
         # install_gpu_drivers, adds the GPU devices and driver libraries to the container itself.
@@ -136,8 +145,11 @@ class CloudBatchRunner(BatchRunner):
             max_retry_count=0,  # a retry is the flow's decision, not Batch's
             environment=batch_v1.Environment(variables={OUTPUT_PREFIX_ENV: request.output_prefix}),
         )
+        group = batch_v1.TaskGroup(task_spec=task, task_count=tasks, parallelism=min(request.parallelism or tasks, tasks))
+        if tasks > 1:  # else Batch may pack several tasks onto one VM (by CPU and memory), sharing its GPU
+            group.task_count_per_node = 1
         return batch_v1.Job(
-            task_groups=[batch_v1.TaskGroup(task_spec=task, task_count=1, parallelism=1)],
+            task_groups=[group],
             allocation_policy=self._allocation_policy(request.labels),
             labels=request.labels,
             logs_policy=batch_v1.LogsPolicy(destination=batch_v1.LogsPolicy.Destination.CLOUD_LOGGING),
@@ -193,19 +205,43 @@ class CloudBatchRunner(BatchRunner):
         job = self._get(job_id)
         state = STATES.get(job.status.state, JobState.QUEUED)
         prefix = _output_prefix_of(job)
-        status = JobStatus(job_id=job_id, state=state, output_prefix=prefix)
+        tasks = _task_count_of(job)
+        status = JobStatus(job_id=job_id, state=state, output_prefix=prefix, task_count=tasks)
         if prefix:
             status.progress = read_progress(prefix)
         exit_code, description = _last_exit(job)
         if state is JobState.SUCCEEDED:
             status.exit_code = 0 if exit_code is None else exit_code
+            status.task_exit_codes = dict.fromkeys(range(tasks), 0) if tasks > 1 else {0: status.exit_code}
         elif state is JobState.FAILED:
             status.exit_code = exit_code
             status.message = BATCH_EXIT_CODES.get(exit_code or 0, description or "Cloud Batch reported the job failed")
-            status.stderr_tail = read_stderr_tail(prefix) if prefix else ""
+            if tasks == 1:
+                status.stderr_tail = read_stderr_tail(prefix) if prefix else ""
+                status.task_exit_codes = {0: exit_code}
+            else:
+                status.task_exit_codes = self._task_exit_codes(job)
+                report_failed_tasks(
+                    status,
+                    lambda k: read_stderr_tail(prefix, task_index=k) if prefix else "",
+                    lambda code: BATCH_EXIT_CODES.get(code or 0, ""),
+                )
         elif state in (JobState.CANCELLED, JobState.CANCELLING):
             status.message = description or "cancelled"
         return status
+
+    def _task_exit_codes(self, job: batch_v1.Job) -> dict[int, int | None]:
+        """Index -> exit code of each task that ended, from Batch's task list (its events carry the codes)."""
+        group = job.task_groups[0].name or f"{job.name}/taskGroups/group0"
+        codes: dict[int, int | None] = {}
+        for task in self.client.list_tasks(parent=group, retry=self.retry):
+            if task.status.state in (_TaskState.SUCCEEDED, _TaskState.FAILED):
+                code = next(
+                    (e.task_execution.exit_code for e in reversed(task.status.status_events) if "task_execution" in e),
+                    0 if task.status.state == _TaskState.SUCCEEDED else None,
+                )
+                codes[int(task.name.rsplit("/", 1)[-1])] = code
+        return codes
 
     # -- cancel, find, logs -----------------------------------------------------------------------
 
@@ -251,6 +287,10 @@ def _output_prefix_of(job: batch_v1.Job) -> str | None:
         if prefix:
             return prefix
     return None
+
+
+def _task_count_of(job: batch_v1.Job) -> int:
+    return max(1, job.task_groups[0].task_count) if job.task_groups else 1
 
 
 _EXIT_IN_TEXT = re.compile(r"exit code (-?\d+)")

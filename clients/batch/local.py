@@ -3,11 +3,18 @@
 ``<data_dir>/jobs/<job_id>/`` holds everything a poller needs, so a worker that restarts (or a
 different worker on the same machine) can find and poll a job it did not start::
 
-    request.json   what was asked (command, output prefix, labels)
+    request.json   what was asked (command, output prefix, labels, task count)
     pid            process group id and its start time (to tell a reused pid apart)
-    stdout, stderr the job's output streams
-    exit_code      written by clients.batch.job_wrapper when the job ends
+    stdout, stderr the job's output streams (a multi-task job's stderr lines are prefixed [task k])
+    exit_code      written by clients.batch.job_wrapper when the job (all its tasks) ended
     cancelled      written by cancel() before it kills the process group
+
+and for a job of ``task_count`` N > 1, which the wrapper runs as N processes of the command (each
+with ``BATCH_TASK_INDEX`` k and ``BATCH_TASK_COUNT`` N, at most ``parallelism`` at once, all in the
+job's one process group, as Cloud Batch runs a job's tasks)::
+
+    task_exit_codes.json   index -> exit code, rewritten as each task ends
+    stderr-task<k>.txt     the tail of task k's stderr
 
 A poller waits with ``wait_for_change``, which returns as soon as the job's process has ended (its
 exit-code file appears, or its process group is gone) instead of sleeping out a poll interval.
@@ -23,6 +30,7 @@ device (``device: auto`` uses the GPU when torch sees one).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -33,22 +41,26 @@ import uuid
 from pathlib import Path
 
 from clients.batch.base import (
+    STDERR_TAIL_BYTES,
     BatchJobRequest,
     BatchRunner,
     JobNotFoundError,
     JobState,
     JobStatus,
-    STDERR_TAIL_BYTES,
     check_job_id,
     check_labels,
     read_progress,
+    report_failed_tasks,
 )
+from clients.batch.job_wrapper import TASK_COUNT_ENV, TASK_INDEX_ENV, TASK_INDEX_FIELD
 
 _KILL_GRACE_S = 5.0
 # wait_for_change looks for the exit-code file and the wrapper's /proc entry this often (two cheap
 # stat-like calls), and scans the process group at most every _GROUP_SCAN_S (it reads all of /proc).
 _WATCH_S = 0.05
 _GROUP_SCAN_S = 1.0
+TASK_EXIT_CODES_FILE = "task_exit_codes.json"
+TASK_STDERR_FILE = f"stderr-task{TASK_INDEX_FIELD}.txt"
 
 
 def _proc_stat(pid: int) -> list[str] | None:
@@ -118,11 +130,17 @@ class LocalProcessRunner(BatchRunner):
         # The wrapper runs in the job directory and writes `exit_code` there by a relative path, so
         # it lands in the right place even if the job ends before the directory is renamed.
         command = [self.python if request.command[0] == "python" else request.command[0], *request.command[1:]]
-        wrapper = [sys.executable, "-m", "clients.batch.job_wrapper", "--exit-code-file", "exit_code", "--"]
+        wrapper = [sys.executable, "-m", "clients.batch.job_wrapper", "--exit-code-file", "exit_code"]
+        env = {**os.environ, TASK_INDEX_ENV: "0", TASK_COUNT_ENV: "1"}  # as Batch sets them for a 1-task job
+        if request.task_count > 1:  # the wrapper starts the tasks, each with its own BATCH_TASK_INDEX
+            wrapper += ["--tasks", str(request.task_count), "--task-exit-codes-file", TASK_EXIT_CODES_FILE]
+            wrapper += ["--stderr-tail-file", TASK_STDERR_FILE]
+            wrapper += ["--parallelism", str(request.parallelism)] if request.parallelism else []
         with open(cwd / "stdout", "wb") as out, open(cwd / "stderr", "wb") as err:
             return subprocess.Popen(
-                [*wrapper, *command],
+                [*wrapper, "--", *command],
                 cwd=cwd,
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
@@ -150,12 +168,17 @@ class LocalProcessRunner(BatchRunner):
             state=JobState.RUNNING,
             output_prefix=request.output_prefix,
             progress=read_progress(request.output_prefix),
+            task_count=request.task_count,
         )
         exit_file = job_dir / "exit_code"
         alive = self._alive(job_dir)
+        if request.task_count > 1:
+            status.task_exit_codes = self._task_exit_codes(job_dir)
         if exit_file.exists():
             status.exit_code = int(exit_file.read_text())
             status.state = JobState.SUCCEEDED if status.exit_code == 0 else JobState.FAILED
+            if request.task_count == 1:
+                status.task_exit_codes = {0: status.exit_code}
         elif (job_dir / "cancelled").exists():
             status.state = JobState.CANCELLING if alive else JobState.CANCELLED
             status.message = "cancelled"
@@ -164,7 +187,23 @@ class LocalProcessRunner(BatchRunner):
             status.message = "the job process ended without an exit code (killed, or the machine restarted)"
         if status.state is JobState.FAILED:
             status.stderr_tail = self._stderr_tail(job_dir)
+            if request.task_count > 1 and exit_file.exists():
+                report_failed_tasks(status, lambda k: self._task_stderr_tail(job_dir, k))
         return status
+
+    @staticmethod
+    def _task_exit_codes(job_dir: Path) -> dict[int, int | None]:
+        try:
+            return {int(k): v for k, v in json.loads((job_dir / TASK_EXIT_CODES_FILE).read_text()).items()}
+        except FileNotFoundError:
+            return {}
+
+    @staticmethod
+    def _task_stderr_tail(job_dir: Path, index: int) -> str:
+        try:
+            return (job_dir / TASK_STDERR_FILE.replace(TASK_INDEX_FIELD, str(index))).read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
 
     def wait_for_change(self, job_id: str, timeout_s: float) -> bool:
         """Return True as soon as the job's process has ended, False when ``timeout_s`` passed first."""
@@ -236,5 +275,7 @@ class LocalProcessRunner(BatchRunner):
 
     def logs_hint(self, job_id: str) -> str:
         job_dir = self.job_dir(job_id)
-        return f"stdout and stderr of local job {job_id}: {job_dir / 'stdout'} and {job_dir / 'stderr'}"
+        hint = f"stdout and stderr of local job {job_id}: {job_dir / 'stdout'} and {job_dir / 'stderr'}"
+        multi = (job_dir / "request.json").exists() and self._request(job_dir).task_count > 1
+        return hint + (" (its tasks' stderr lines are prefixed [task k])" if multi else "")
 

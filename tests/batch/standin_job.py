@@ -8,6 +8,13 @@
 - ``hang``: progress.json saying it is generating, then block until killed;
 - ``gated``: like ``hang`` until the file ``STACKFLOWS_TEST_GATE`` exists, then ``succeed``.
 
+With ``--shards L`` it is one task of a sharded job, as the real job is: task k (``BATCH_TASK_INDEX``)
+runs shard L[k] and writes that part's files under ``spec.shard_uri(L[k])`` (the manifest says which
+shard). It also records itself under the output prefix, for tests about tasks: ``task-<k>.start.json``
+(index, count, shard, pid, start time) when it starts and ``task-<k>.end.json`` when it returns
+(times from CLOCK_MONOTONIC, which every process on the machine shares). ``STACKFLOWS_TEST_FAIL_TASK=k``
+makes task k ``fail`` whatever the other tasks do.
+
 Run as a script (``python tests/batch/standin_job.py --spec-json ...``); it imports only the contract
 and the storage client, like the real job.
 """
@@ -16,11 +23,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import signal
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from clients.storage import local_path_of, store_for
 from inference.contract import (
@@ -31,6 +39,7 @@ from inference.contract import (
     JobManifest,
     JobProgress,
     PredictionSummary,
+    ShardInfo,
     StackJobSpec,
 )
 
@@ -49,12 +58,12 @@ def write_progress(spec: StackJobSpec, progress: JobProgress) -> None:
 def progress(phase: str, done: int) -> JobProgress:
     return JobProgress(
         phase=phase, chunks_done=done, chunks_total=CHUNKS, cells_done=done * 10, cells_total=CHUNKS * 10,
-        updated_at=datetime.now(timezone.utc),
+        updated_at=datetime.now(UTC),
     )
 
 
-def succeed(spec: StackJobSpec) -> int:
-    started = datetime.now(timezone.utc)
+def succeed(spec: StackJobSpec, shard: ShardInfo | None = None) -> int:
+    started = datetime.now(UTC)
     write_progress(spec, progress("loading", 0))
     for done in range(1, CHUNKS + 1):
         write_progress(spec, progress("generating", done))
@@ -68,7 +77,7 @@ def succeed(spec: StackJobSpec) -> int:
         spec=spec, model_trained=False, model_parameters=0, device="cpu", precision=spec.precision,
         timings_s={"total": 0.0}, peak_memory_mb=0.0,
         outputs={name: hashlib.sha256(data).hexdigest() for name, data in files.items()},
-        predictions_shape=(30, 5), started_at=started, finished_at=datetime.now(timezone.utc),
+        predictions_shape=(30, 5), started_at=started, finished_at=datetime.now(UTC), shard=shard,
     )
     store_for(spec.output_uri(MANIFEST_FILE)).put_bytes(manifest.model_dump_json().encode(), spec.output_uri(MANIFEST_FILE))
     write_progress(spec, progress("done", CHUNKS))
@@ -95,15 +104,47 @@ def gated(spec: StackJobSpec) -> int:
     return succeed(spec)
 
 
+BEHAVIOURS = {"succeed": succeed, "fail": fail, "hang": hang, "gated": gated}
+
+
+def record(spec: StackJobSpec, name: str, fields: dict) -> None:
+    """A small JSON file directly under the job's output prefix (tests read them; no job contract file)."""
+    path = local_path_of(spec.output_uri(name))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**fields, "t_ns": time.monotonic_ns()}))
+
+
+def run_task(spec: StackJobSpec, shards: list[int]) -> int:
+    """One task of a sharded job: shard ``shards[BATCH_TASK_INDEX]``, its part under spec.shard_uri."""
+    index, count = int(os.environ["BATCH_TASK_INDEX"]), int(os.environ.get("BATCH_TASK_COUNT", "1"))
+    shard = shards[index]
+    record(spec, f"task-{index}.start.json", {"index": index, "count": count, "shard": shard, "pid": os.getpid()})
+    part = spec.model_copy(update={"output_prefix": spec.shard_uri(shard)})
+    if store_for(part.output_prefix).list(part.output_prefix):
+        print(f"shard {shard}'s part {part.output_prefix} already holds objects", file=sys.stderr)
+        return 2
+    behaviour = os.environ.get("STACKFLOWS_TEST_STANDIN", "succeed")
+    if os.environ.get("STACKFLOWS_TEST_FAIL_TASK") == str(index):
+        behaviour = "fail"
+    info = ShardInfo(index=shard, count=spec.shard_count, query_cells=(0, 30))
+    code = succeed(part, info) if behaviour == "succeed" else BEHAVIOURS[behaviour](part)
+    record(spec, f"task-{index}.end.json", {"index": index, "exit_code": code})
+    return code
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--spec-json", required=True)
-    spec = StackJobSpec.model_validate_json(parser.parse_args().spec_json)
+    parser.add_argument("--shards", help="comma-separated shard indexes: task k runs the k-th")
+    args = parser.parse_args()
+    spec = StackJobSpec.model_validate_json(args.spec_json)
+    if args.shards is not None:
+        return run_task(spec, [int(i) for i in args.shards.split(",")])
     if store_for(spec.output_prefix).list(spec.output_prefix):  # like the real job: never a used location
         print(f"output_prefix {spec.output_prefix} already holds objects; pick a new output_prefix", file=sys.stderr)
         return 2
     behaviour = os.environ.get("STACKFLOWS_TEST_STANDIN", "succeed")
-    return {"succeed": succeed, "fail": fail, "hang": hang, "gated": gated}[behaviour](spec)
+    return BEHAVIOURS[behaviour](spec)
 
 
 if __name__ == "__main__":
