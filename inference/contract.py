@@ -147,6 +147,8 @@ class StackJobSpec(BaseModel):
             self.cell_type_column is None or self.query_cell_type is None
         ):
             raise ValueError("query_cell_type and backtest need both cell_type_column and query_cell_type")
+        if self.shard_count > 1 and self.mode != "generate":
+            raise ValueError("shard_count > 1 splits a generate job's query cells; an embed job runs as one task (shard_count 1)")
         return self
 
     def contexts(self, present: list[str]) -> list[str]:
@@ -287,6 +289,16 @@ class ShardInfo(BaseModel):
     )
 
 
+class PartRecord(BaseModel):
+    """One part a merge joined, as the part's manifest reported it: where it ran and for how long."""
+
+    index: int = Field(ge=0)
+    uri: str = Field(description="The part's prefix.")
+    device: str
+    timings_s: dict[str, float]
+    peak_memory_mb: float
+
+
 class JobManifest(BaseModel):
     """Written last by the job: its presence means the outputs are complete."""
 
@@ -306,6 +318,17 @@ class JobManifest(BaseModel):
     merged_from: list[str] = Field(
         default_factory=list, description="A merge's manifest: the part prefixes (shard 0, 1, ...) it joined."
     )
+    parts: list[PartRecord] = Field(
+        default_factory=list,
+        description="A merge's manifest: each part's device, timings and peak memory (timings_s, peak_memory_mb "
+        "and device are then the merge's own: it runs on a CPU machine).",
+    )
+
+    @property
+    def gpu_seconds(self) -> float:
+        """Wall seconds on a GPU: the job's total on a cuda device; for a merge, its parts' totals on cuda."""
+        runs = [(p.device, p.timings_s) for p in self.parts] if self.parts else [(self.device, self.timings_s)]
+        return round(sum(t.get("total_s", sum(t.values())) for d, t in runs if d.startswith("cuda")), 3)
 
 
 class MergeSpec(BaseModel):
