@@ -1,6 +1,6 @@
 """An analysis run's time outside its GPU job, against a trivial flow on the same pool, on the local stack.
 
-    .venv/bin/python -m benchmarks.orchestration [--max-iterations 1 --keep]
+    .venv/bin/python -m benchmarks.orchestration [--max-iterations 1 --keep --timeline]
 
 One local stack (deployments/local_stack.py: Prefect server on SQLite, the deployments, a process
 worker, the API) runs, in this order: the trivial flow (a flow with one task, deployed here to the
@@ -125,6 +125,40 @@ def job_processes(data_dir: Path, run_id: str) -> list[tuple[float, float | None
     return found
 
 
+def timeline(stack: LocalStack, run_id: str, posted: datetime) -> list[tuple[float, str]]:
+    """Every flow run's and task run's start and end in the run's tree, and every log line, timed from the POST."""
+    events: list[tuple[float, str]] = []
+    with stack.prefect() as prefect:
+        tree = run_tree(prefect, run_id)
+        ids = [r["id"] for r in tree]
+        names = {r["id"]: r["name"] for r in tree}
+        tasks = prefect.post("/task_runs/filter", json={"task_runs": {"flow_run_id": {"any_": ids}}, "limit": 200}).json()
+        logs = prefect.post(
+            "/logs/filter", json={"logs": {"flow_run_id": {"any_": ids}}, "sort": "TIMESTAMP_ASC", "limit": 200}
+        ).json()
+    for run in tree:
+        for edge in ("start", "end"):
+            at = _since(posted, run[f"{edge}_time"])
+            if at is not None:
+                events.append((at, f"[flow {edge}] {run['name']}"))
+    for t in tasks:
+        for edge in ("start", "end"):
+            at = _since(posted, t[f"{edge}_time"])
+            if at is not None:
+                events.append((at, f"[task {edge}] {t['name']} in {names.get(t['flow_run_id'], '?')}"))
+    for line in logs:
+        events.append((_since(posted, line["timestamp"]) or 0.0, f"  log: {line['message'][:120]}"))
+    return sorted(events, key=lambda e: e[0])
+
+
+def print_timeline(events: list[tuple[float, str]]) -> None:
+    """The timeline with the gap to the previous event: where the seconds between steps go."""
+    previous = 0.0
+    for at, what in events:
+        print(f"{at:8.2f} (+{at - previous:5.2f}) {what}")
+        previous = at
+
+
 def timed(stack: LocalStack, label: str, run_id: str, posted: datetime) -> Timed:
     with stack.prefect() as prefect:
         tree = run_tree(prefect, run_id)
@@ -182,13 +216,16 @@ def run_trivial(stack: LocalStack, deployment_id: str, label: str) -> Timed:
     return timed(stack, label, run_id, posted)
 
 
-def run_analysis(stack: LocalStack, body: dict) -> Timed:
+def run_analysis(stack: LocalStack, body: dict, show_timeline: bool = False) -> Timed:
     posted = datetime.now(UTC)
     with stack.api() as api:
         answer = api.post("/runs", json=body)
         answer.raise_for_status()
         run_id = answer.json()["id"]
     stack.wait_for_run(run_id, timeout=RUN_TIMEOUT_S)
+    if show_timeline:
+        print("\nanalysis run, timed from the POST (s):")
+        print_timeline(timeline(stack, run_id, posted))
     return timed(stack, "analysis run", run_id, posted)
 
 
@@ -228,6 +265,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--max-iterations", type=int, default=1, help="rounds of the closed loop (1: one pass)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, outputs)")
+    parser.add_argument(
+        "--timeline", action="store_true", help="print the analysis run's flow runs, task runs and logs timed from the POST"
+    )
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="stackflows-bench-orchestration-"))
@@ -240,7 +280,7 @@ def main() -> int:
             body = inputs.request_body("How do monocytes look among B cells?", max_iterations=args.max_iterations)
             runs = [
                 run_trivial(stack, deployment_id, "trivial (1st)"),
-                run_analysis(stack, body),
+                run_analysis(stack, body, args.timeline),
                 run_trivial(stack, deployment_id, "trivial (2nd)"),
             ]
             report(runs)
