@@ -1,0 +1,34 @@
+"""What a flow-run process loads before the analysis run's first task.
+
+Every module imported with ``flows.analysis_run`` is paid for before the first task starts, on
+every run; modules only the grounding, the report or an optional path (Claude, OCR, ``gs://``) use
+wait for that step (the round preloads the grounding's while its GPU job runs).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Heavy modules the path to the first task does not use, with who uses them.
+NOT_BEFORE_THE_FIRST_TASK = {
+    "scipy.stats": "grounding (BH q-values), preloaded during the GPU job",
+    "decoupler": "grounding (ORA), preloaded during the GPU job",
+    "numba": "decoupler",
+    "matplotlib": "the report's plots",
+    "anthropic": "Claude, only with a key",
+}
+
+
+def test_importing_the_analysis_flow_loads_nothing_the_first_task_does_not_need() -> None:
+    probe = (
+        "import json, sys; import flows.analysis_run; "
+        f"print(json.dumps(sorted(m for m in {sorted(NOT_BEFORE_THE_FIRST_TASK)!r} if m in sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
+    loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    assert loaded == [], {name: NOT_BEFORE_THE_FIRST_TASK[name] for name in loaded}
