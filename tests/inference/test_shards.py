@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+from itertools import pairwise
 from pathlib import Path
 
 import anndata as ad
@@ -229,3 +230,22 @@ def test_merge_spec_round_trips_through_its_argv(tiny: TinyInputs, tmp_path: Pat
     argv = merge.to_argv()
     assert argv[:4] == ["python", "-m", "inference.stack_job", "--merge-json"]
     assert MergeSpec.model_validate(json.loads(argv[4])) == merge
+
+
+def test_the_merge_never_imports_prefect() -> None:
+    code = (
+        "import sys, inference.merge, inference.shards;"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'prefect'); print(bad); sys.exit(bool(bad))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], check=False, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_shard_bounds_cut_as_numpy_array_split() -> None:
+    for n in range(25):
+        for count in range(1, 9):
+            expected = [(int(a[0]), int(a[-1]) + 1) if a.size else None for a in np.array_split(np.arange(n), count)]
+            bounds = shard_bounds(n, count)
+            assert [b if b[1] > b[0] else None for b in bounds] == expected
+            assert bounds[0][0] == 0 and bounds[-1][1] == n  # contiguous, covering every cell
+            assert all(a[1] == b[0] for a, b in pairwise(bounds))
