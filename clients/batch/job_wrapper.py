@@ -38,8 +38,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from clients.batch.base import STDERR_TAIL_BYTES
+from inference.contract import TASK_INDEX_ENV
 
-TASK_INDEX_ENV = "BATCH_TASK_INDEX"  # what Cloud Batch sets in each task's environment
+# TASK_INDEX_ENV (BATCH_TASK_INDEX) and this are what Cloud Batch sets in each task's environment.
 TASK_COUNT_ENV = "BATCH_TASK_COUNT"
 TASK_INDEX_FIELD = "{task_index}"
 
