@@ -133,7 +133,7 @@ def analysis_round(
             # the report's plot reads the job's per-gene means (a job without them: no plot)
             **({"gene_means": collected.outputs[GENE_MEANS_FILE]} if GENE_MEANS_FILE in collected.outputs else {}),
         },
-        gpu_seconds=wall if manifest.device.startswith("cuda") else 0.0,
+        gpu_seconds=manifest.gpu_seconds,  # a sharded job: every shard's GPU time
         wall_seconds=wall,
         llm_usd=refined.usage.estimated_cost_usd if refined.usage else 0.0,
         summary=summary,

@@ -47,7 +47,7 @@ class JobFigures(BaseModel):
             predictions_shape=manifest.predictions_shape,
             num_steps=manifest.spec.num_steps,
             wall_seconds=wall,
-            gpu_seconds=wall if manifest.device.startswith("cuda") else 0.0,
+            gpu_seconds=manifest.gpu_seconds,  # a sharded job: every shard's GPU time
             peak_memory_mb=manifest.peak_memory_mb,
             preemptions=preemptions,
         )
