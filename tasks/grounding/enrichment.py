@@ -75,13 +75,14 @@ def background_sets(
 ) -> dict[str, list[str]]:
     """set id -> the set's genes in the background (as the DE table spells them), for the sets to test."""
     by_symbol = {gene.upper(): gene for gene in background}
+    symbols = frozenset(by_symbol)  # a set's genes are upper-case: a C-level intersection per set
     forced = set(forced)
     sets: dict[str, list[str]] = {}
     for set_id, gene_set in pack.gene_sets.items():
-        members = sorted(by_symbol[g] for g in gene_set.genes if g.upper() in by_symbol)
-        size_ok = settings.min_set_size <= len(members) <= settings.max_set_size
-        if size_ok or (set_id in forced and len(members) >= settings.min_set_size):
-            sets[set_id] = members
+        common = gene_set.genes & symbols
+        size_ok = settings.min_set_size <= len(common) <= settings.max_set_size
+        if size_ok or (set_id in forced and len(common) >= settings.min_set_size):
+            sets[set_id] = sorted(by_symbol[g] for g in common)
     return sets
 
 
