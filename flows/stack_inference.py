@@ -102,7 +102,10 @@ def stack_inference(spec: StackJobSpec, round_number: int = 1) -> CollectedOutpu
 
         def merge_request(job_id: str) -> tuple[BatchJobRequest, None]:
             merge = MergeSpec(spec=spec_for_job(spec, job_id), parts=parts)
-            return BatchJobRequest(command=merge.to_argv(), output_prefix=merge.spec.output_prefix, labels=labels), None
+            request = BatchJobRequest(
+                command=merge.to_argv(), output_prefix=merge.spec.output_prefix, labels=labels, gpu=False
+            )
+            return request, None
 
         _, job = run_to_the_end(merge_base, merge_request, run_id, round_number)
         preemptions += count_preemptions(job.job_id)

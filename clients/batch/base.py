@@ -65,6 +65,10 @@ class BatchJobRequest(BaseModel):
         description="Tasks of this one job, each running the command with BATCH_TASK_INDEX=0, 1, ... (shards).",
     )
     parallelism: int | None = Field(default=None, ge=1, description="At most this many tasks at once; None: all.")
+    gpu: bool = Field(
+        default=True,
+        description="Run on the GPU machine; False: on the settings' CPU machine type, no accelerator (a merge job).",
+    )
 
     @classmethod
     def for_stack_job(

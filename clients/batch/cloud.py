@@ -150,7 +150,7 @@ class CloudBatchRunner(BatchRunner):
             group.task_count_per_node = 1
         return batch_v1.Job(
             task_groups=[group],
-            allocation_policy=self._allocation_policy(request.labels),
+            allocation_policy=self._allocation_policy(request.labels, gpu=request.gpu),
             labels=request.labels,
             logs_policy=batch_v1.LogsPolicy(destination=batch_v1.LogsPolicy.Destination.CLOUD_LOGGING),
         )
@@ -159,18 +159,22 @@ class CloudBatchRunner(BatchRunner):
     def _gpu(self) -> bool:
         return bool(self.settings.accelerator_type and self.settings.accelerator_count)
 
-    def _allocation_policy(self, labels: dict[str, str]) -> batch_v1.AllocationPolicy:
+    def _allocation_policy(self, labels: dict[str, str], *, gpu: bool = True) -> batch_v1.AllocationPolicy:
+        """The VM: the GPU machine type with its accelerators, or (``gpu`` False: a merge job, which reads
+        and writes files) the CPU machine type with none."""
         s = self.settings
         Policy = batch_v1.AllocationPolicy
+        machine_type = s.machine_type if gpu else s.cpu_machine_type
         instance = Policy.InstancePolicy(
-            machine_type=s.machine_type,
-            boot_disk=Policy.Disk(size_gb=s.boot_disk_gb, type_=boot_disk_type(s) or ""),
+            machine_type=machine_type,
+            boot_disk=Policy.Disk(size_gb=s.boot_disk_gb, type_=boot_disk_type(s, machine_type) or ""),
             provisioning_model=Policy.ProvisioningModel.SPOT if s.spot else Policy.ProvisioningModel.STANDARD,
         )
-        if self._gpu:
+        accelerated = gpu and self._gpu
+        if accelerated:
             instance.accelerators = [Policy.Accelerator(type_=s.accelerator_type, count=s.accelerator_count)]
         policy = Policy(
-            instances=[Policy.InstancePolicyOrTemplate(policy=instance, install_gpu_drivers=self._gpu)],
+            instances=[Policy.InstancePolicyOrTemplate(policy=instance, install_gpu_drivers=accelerated)],
             labels=labels,
         )
         if s.service_account:
@@ -271,11 +275,12 @@ class CloudBatchRunner(BatchRunner):
         )
 
 
-def boot_disk_type(settings: BatchSettings) -> str | None:
-    """The boot disk type to ask for: the setting, else Hyperdisk where the machine series takes nothing else."""
+def boot_disk_type(settings: BatchSettings, machine_type: str | None = None) -> str | None:
+    """The boot disk type to ask for (``machine_type``: the settings' GPU machine unless given): the
+    setting, else Hyperdisk where the machine series takes nothing else."""
     if settings.boot_disk_type:
         return settings.boot_disk_type
-    machine = settings.machine_type.lower()
+    machine = (machine_type or settings.machine_type).lower()
     if machine.split("-", 1)[0] in HYPERDISK_ONLY_SERIES or machine.startswith(HYPERDISK_ONLY_PREFIXES):
         return HYPERDISK_BOOT
     return None  # Batch's default (pd-balanced) fits G2, A2, A3 High/Mega/Edge, N1

@@ -54,6 +54,13 @@ class BatchSettings(BaseModel):
         description="Container image with the stackflows package and its [inference] extra installed.",
     )
     machine_type: str = Field(default="g2-standard-8", description="Compute Engine machine type of the job VM.")
+    cpu_machine_type: str = Field(
+        default="n2-highmem-8",
+        description=(
+            "Machine type of the jobs that need no GPU: a sharded job's merge (it reads two contexts' "
+            "predictions of every query cell at once, sparse: highmem)."
+        ),
+    )
     accelerator_type: str | None = Field(
         default="nvidia-l4", description="GPU type (nvidia-l4, nvidia-tesla-a100, ...); None for a CPU job."
     )

@@ -88,6 +88,12 @@ def test_a_sharded_job_runs_its_shards_as_tasks_of_one_batch_job_then_merges(
     assert "--shards" in (command := group["taskSpec"]["runnables"][0]["container"]["commands"])
     assert command[command.index("--shards") + 1] == "0,1,2"
     assert int(task_spec(fake_batch, merge_job).get("taskCount", 1)) == 1
+    gpu_vm, merge_vm = (fake_batch.job_body(j)["allocationPolicy"]["instances"][0] for j in (shards_job, merge_job))
+    assert gpu_vm["policy"]["machineType"] == "g2-standard-8" and gpu_vm["installGpuDrivers"] is True
+    assert gpu_vm["policy"]["accelerators"] == [{"type": "nvidia-l4", "count": "1"}]
+    # the merge reads and writes files: a CPU machine (STACKFLOWS_BATCH__CPU_MACHINE_TYPE), no GPU
+    assert merge_vm["policy"]["machineType"] == "n2-highmem-8" and "accelerators" not in merge_vm["policy"]
+    assert not merge_vm.get("installGpuDrivers", False)
     assert collected.job_id == merge_job and collected.output_prefix == sharded_spec.output_prefix
     assert collected.manifest.merged_from == [f"{sharded_spec.output_prefix}-shards/shard-{i}" for i in range(3)]
     assert_same_outputs(collected, one_process)
