@@ -251,8 +251,16 @@ def poll_intervals(initial_s: float, max_s: float, factor: float = 1.5):  # noqa
         interval = min(interval * factor, max_s)
 
 
-def failure_message(status: JobStatus, runner: BatchRunner) -> str:
+def failure_message(status: JobStatus, runner: BatchRunner, shards: list[int] | None = None) -> str:
+    """What failed and where its logs are; for a sharded job (``shards``: task k ran shards[k]), which
+    shards failed, and that a Retry reruns only the shards without a finished part."""
     lines = [f"GPU {status.describe()}."]
+    if shards and status.failed_tasks:
+        failed = [shards[k] for k in status.failed_tasks if k < len(shards)]
+        lines.append(
+            f"Failed shard(s): {', '.join(map(str, failed))} of {len(shards)} in this job; the shards that finished "
+            "keep their parts, and a Retry of the run reruns only the shards without one."
+        )
     if status.stderr_tail.strip():
         tail = "\n".join(status.stderr_tail.strip().splitlines()[-30:])
         lines.append(f"Last lines of its stderr:\n{tail}")
@@ -360,7 +368,7 @@ def wait_for_gpu_job(job: SubmittedJob, runner: BatchRunner | None = None) -> Jo
         if status.state is JobState.SUCCEEDED:
             return status
         if status.state in (JobState.FAILED, JobState.CANCELLED):
-            raise JobFailedError(failure_message(status, runner))
+            raise JobFailedError(failure_message(status, runner, job.shards))
         writing = status.progress is not None and status.progress.phase == "writing"
         interval = settings.poll_initial_s if writing else next(backoff)
         if time.monotonic() + interval > deadline:

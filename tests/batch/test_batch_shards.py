@@ -21,7 +21,7 @@ from clients.settings import Settings, get_settings
 from clients.storage import local_path_of
 from flows.stack_inference import stack_inference
 from inference.contract import DE_FILE, GENE_MEANS_FILE, PREDICTIONS_FILE, StackJobSpec
-from tasks.gpu_job import CollectedOutputs
+from tasks.gpu_job import CollectedOutputs, JobFailedError
 from tests.batch.test_batch_flow import real_job_spec  # noqa: F401 (the fixture: tiny inputs, untrained model)
 from tests.fake_batch_api import FakeBatchApi
 
@@ -109,6 +109,8 @@ def test_a_retry_after_one_shard_failed_runs_only_that_shard(
         first = run_flow(stack_inference, flow_run=flow_run, parameters={"spec": sharded_spec}, return_type="state")
         assert first.is_failed()
         assert fake_batch.created == [fake_batch.created[0]]  # no merge of an incomplete set
+        with pytest.raises(JobFailedError, match=r"Failed shard\(s\): 1 of 3 in this job.*reruns only the shards"):
+            first.result()
 
         # The dashboard's Retry: a new attempt with shard 1 alone, into a fresh prefix, then the merge.
         client.set_flow_run_state(flow_run.id, AwaitingRetry(), force=True)
