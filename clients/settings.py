@@ -51,10 +51,13 @@ def flow_run_timeout_s(
     batch: BatchSettings, margin_s: float = DEFAULT_FLOW_RUN_MARGIN_S, rounds: int = MAX_ITERATIONS
 ) -> int:
     """The Cloud Run flow-run timeout: the GPU waits of every round (a request may ask for
-    ``MAX_ITERATIONS``; a round waits once more for each Spot preemption it retries by itself) plus the
-    margin for the rest, so Cloud Run never kills a flow that is still waiting for its job."""
-    waits_per_round = 1 + batch.max_preemption_retries
-    return math.ceil(rounds * waits_per_round * batch.wait_timeout_s + margin_s)
+    ``MAX_ITERATIONS``; a round waits once more for each Spot preemption it retries by itself), the wait
+    for a sharded round's merge (once: it never runs on Spot) where sharding is on, plus the margin for
+    the rest, so Cloud Run never kills a flow that is still waiting for its job."""
+    per_round = (1 + batch.max_preemption_retries) * batch.wait_timeout_s
+    if batch.shard_cells is not None:
+        per_round += batch.wait_timeout_for(gpu=False)
+    return math.ceil(rounds * per_round + margin_s)
 
 
 def timeout_problems(settings: Settings) -> list[str]:
@@ -70,8 +73,9 @@ def timeout_problems(settings: Settings) -> list[str]:
     timeout = flow_run_timeout_s(batch, settings.flow_run_margin_s)
     if timeout > CLOUD_RUN_MAX_TIMEOUT_S:
         problems.append(
-            f"the flow-run timeout ({MAX_ITERATIONS} rounds x (1 + STACKFLOWS_BATCH__MAX_PREEMPTION_RETRIES) x "
-            f"STACKFLOWS_BATCH__WAIT_TIMEOUT_S + STACKFLOWS_FLOW_RUN_MARGIN_S = {timeout} s) is above Cloud Run's "
+            f"the flow-run timeout ({MAX_ITERATIONS} rounds x ((1 + STACKFLOWS_BATCH__MAX_PREEMPTION_RETRIES) x "
+            "STACKFLOWS_BATCH__WAIT_TIMEOUT_S + the merge's wait) + STACKFLOWS_FLOW_RUN_MARGIN_S = "
+            f"{timeout} s) is above Cloud Run's "
             f"{CLOUD_RUN_MAX_TIMEOUT_S} s: lower STACKFLOWS_BATCH__WAIT_TIMEOUT_S, "
             "STACKFLOWS_BATCH__MAX_PREEMPTION_RETRIES or STACKFLOWS_FLOW_RUN_MARGIN_S"
         )

@@ -349,7 +349,8 @@ def wait_for_gpu_job(job: SubmittedJob, runner: BatchRunner | None = None) -> Jo
     runner = runner or runner_from_settings()
     logger = get_run_logger()
     artifact = _ProgressArtifact(job.job_id)
-    deadline = time.monotonic() + settings.wait_timeout_s
+    timeout_s = settings.wait_timeout_for(job.request.gpu)
+    deadline = time.monotonic() + timeout_s
     last_state = None
     backoff = poll_intervals(settings.poll_initial_s, settings.poll_max_s)
     while True:
@@ -373,9 +374,10 @@ def wait_for_gpu_job(job: SubmittedJob, runner: BatchRunner | None = None) -> Jo
         interval = settings.poll_initial_s if writing else next(backoff)
         if time.monotonic() + interval > deadline:
             raise JobTimeoutError(
-                f"GPU job {job.job_id} is still {status.state.value} after {settings.wait_timeout_s:.0f} s "
-                f"(STACKFLOWS_BATCH__WAIT_TIMEOUT_S); the run stops waiting and cancels it. Raise the timeout "
-                f"for larger inputs. {runner.logs_hint(job.job_id)}"
+                f"GPU job {job.job_id} is still {status.state.value} after {timeout_s:.0f} s "
+                f"({'STACKFLOWS_BATCH__WAIT_TIMEOUT_S' if job.request.gpu else 'STACKFLOWS_BATCH__MERGE_TIMEOUT_S'}"
+                f"); the run stops waiting and cancels it. Raise the timeout for larger inputs. "
+                f"{runner.logs_hint(job.job_id)}"
             )
         runner.wait_for_change(job.job_id, interval)
 

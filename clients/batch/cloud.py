@@ -141,7 +141,7 @@ class CloudBatchRunner(BatchRunner):
         task = batch_v1.TaskSpec(
             runnables=[batch_v1.Runnable(container=container)],
             volumes=volumes,
-            max_run_duration=Duration(seconds=s.max_run_duration_s),
+            max_run_duration=Duration(seconds=s.max_run_duration_s if request.gpu else s.merge_timeout_s),
             max_retry_count=0,  # a retry is the flow's decision, not Batch's
             environment=batch_v1.Environment(variables={OUTPUT_PREFIX_ENV: request.output_prefix}),
         )
@@ -168,7 +168,8 @@ class CloudBatchRunner(BatchRunner):
         instance = Policy.InstancePolicy(
             machine_type=machine_type,
             boot_disk=Policy.Disk(size_gb=s.boot_disk_gb, type_=boot_disk_type(s, machine_type) or ""),
-            provisioning_model=Policy.ProvisioningModel.SPOT if s.spot else Policy.ProvisioningModel.STANDARD,
+            # a CPU job (a merge) is short and cheap: never Spot, so it never waits for a second attempt
+            provisioning_model=Policy.ProvisioningModel.SPOT if s.spot and gpu else Policy.ProvisioningModel.STANDARD,
         )
         accelerated = gpu and self._gpu
         if accelerated:

@@ -100,6 +100,14 @@ class BatchSettings(BaseModel):
             "slots of the stackflows-gpu-jobs concurrency limit, so keep it within the limit's slots."
         ),
     )
+    merge_timeout_s: int = Field(
+        default=3600,
+        ge=60,
+        description=(
+            "Batch stops a sharded job's merge (a CPU job on a standard VM, never Spot) after this long; the "
+            "flow waits for it this long plus the GPU jobs' queue allowance (wait_timeout_s - max_run_duration_s)."
+        ),
+    )
     max_run_duration_s: int = Field(default=4 * 3600, ge=60, description="Batch kills the task after this long.")
     service_account: str | None = Field(
         default=None, description="Service account email of the job VM (needs storage access to the inputs/outputs)."
@@ -121,6 +129,13 @@ class BatchSettings(BaseModel):
             "outputs (job_stderr.txt) and failures show it; needs the stackflows package in the image."
         ),
     )
+    def wait_timeout_for(self, gpu: bool) -> float:
+        """How long the flow waits for a job: wait_timeout_s for a GPU job; for a CPU job (a merge) its
+        run limit plus the same allowance for Batch's queue as a GPU job gets."""
+        if gpu:
+            return self.wait_timeout_s
+        return self.merge_timeout_s + max(0.0, self.wait_timeout_s - self.max_run_duration_s)
+
     api_endpoint: str | None = Field(
         default=None, description="Batch API endpoint override (a local fake in tests); None: the Google endpoint."
     )

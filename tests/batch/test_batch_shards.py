@@ -94,6 +94,9 @@ def test_a_sharded_job_runs_its_shards_as_tasks_of_one_batch_job_then_merges(
     # the merge reads and writes files: a CPU machine (STACKFLOWS_BATCH__CPU_MACHINE_TYPE), no GPU
     assert merge_vm["policy"]["machineType"] == "n2-highmem-8" and "accelerators" not in merge_vm["policy"]
     assert not merge_vm.get("installGpuDrivers", False)
+    assert merge_vm["policy"].get("provisioningModel", "STANDARD") in ("STANDARD", 1)  # never Spot: it runs once
+    merge_task = task_spec(fake_batch, merge_job)["taskSpec"]
+    assert merge_task["maxRunDuration"] == "3600s"  # STACKFLOWS_BATCH__MERGE_TIMEOUT_S
     assert collected.job_id == merge_job and collected.output_prefix == sharded_spec.output_prefix
     assert collected.manifest.merged_from == [f"{sharded_spec.output_prefix}-shards/shard-{i}" for i in range(3)]
     assert_same_outputs(collected, one_process)

@@ -61,14 +61,15 @@ def test_the_cloud_run_timeout_outlasts_every_gpu_wait_of_a_run(
     gcp_env: None, tmp_path: Path, credentials: dict, prefect_api: None
 ) -> None:
     """A run waits for up to MAX_ITERATIONS rounds' GPU jobs (each again after a Spot preemption it
-    retries), each up to wait_timeout_s, after staging and OCR: the job Cloud Run runs it in must live
+    retries), each up to wait_timeout_s, and each round's merge, after staging and OCR: the job Cloud Run runs it in must live
     longer than all of that, or the GPU job is orphaned."""
     settings = gcp_settings(tmp_path, wait_timeout_s=3 * 3600)
     job = cloud_run_job(deploy_setup.cloud_pool_template(settings), credentials)
     timeout = int(job["timeout"].removesuffix("s"))
     waits = MAX_ITERATIONS * (1 + settings.batch.max_preemption_retries)
-    assert timeout == waits * 3 * 3600 + settings.flow_run_margin_s
-    assert timeout > waits * settings.batch.wait_timeout_s
+    merges = MAX_ITERATIONS * settings.batch.wait_timeout_for(gpu=False)  # a sharded round waits for its merge too
+    assert timeout == waits * 3 * 3600 + merges + settings.flow_run_margin_s
+    assert timeout > waits * settings.batch.wait_timeout_s + merges
 
 
 def test_a_wait_that_does_not_outlast_the_batch_run_duration_is_refused(gcp_env: None, tmp_path: Path) -> None:
@@ -95,8 +96,17 @@ def test_a_deployment_timeout_below_the_gpu_waits_is_refused(tmp_path: Path) -> 
 
 
 def test_the_timeout_rule_lives_in_one_place() -> None:
-    batch = BatchSettings(wait_timeout_s=600, max_preemption_retries=1)
+    batch = BatchSettings(wait_timeout_s=600, max_preemption_retries=1, shard_cells=None)
     assert flow_run_timeout_s(batch, margin_s=60, rounds=2) == 2 * 2 * 600 + 60
+
+
+def test_the_timeout_leaves_room_for_a_sharded_rounds_merge() -> None:
+    """Each round may wait for its shards (once per preemption retry) and then once for its merge: the merge's
+    run limit plus the queue allowance GPU jobs get (wait - max run duration)."""
+    batch = BatchSettings(wait_timeout_s=600, max_run_duration_s=500, max_preemption_retries=1, merge_timeout_s=120)
+    assert batch.wait_timeout_for(gpu=False) == 120 + 100
+    assert flow_run_timeout_s(batch, margin_s=60, rounds=2) == 2 * (2 * 600 + 220) + 60
+    assert flow_run_timeout_s(Settings().batch) < 7 * 24 * 3600  # the defaults still fit Cloud Run's 7 days
 
 
 @pytest.mark.parametrize(
