@@ -114,3 +114,37 @@ def cloud_settings(settings: Settings, fake_batch: FakeBatchApi, monkeypatch: py
 def standin(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
     """Choose what the stand-in job does: succeed, fail or hang (inherited by job processes)."""
     return lambda behaviour: monkeypatch.setenv("STACKFLOWS_TEST_STANDIN", behaviour)
+
+
+@pytest.fixture
+def real_job_spec(tmp_path: Path) -> StackJobSpec:
+    """Inputs for the real STACK job: tiny random counts, a gene list and an untrained checkpoint."""
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+
+    from inference.make_checkpoint import build_checkpoint, write_gene_list
+
+    genes = [f"GENE{i}" for i in range(24)]
+    write_gene_list(genes, tmp_path / "genes.pkl")
+    build_checkpoint(genes, tmp_path / "model.ckpt")
+    cell_types = ["mono"] * 16 + ["bcell"] * 16 + ["dc"] * 16
+    counts = np.random.default_rng(0).poisson(2.0, size=(len(cell_types), len(genes))).astype(np.float32)
+    cells = ad.AnnData(
+        X=counts,
+        obs=pd.DataFrame({"cell_type": cell_types}, index=[f"cell{i}" for i in range(len(cell_types))]),
+        var=pd.DataFrame(index=genes),
+    )
+    cells.write_h5ad(tmp_path / "cells.h5ad")
+    return StackJobSpec(
+        mode="generate",
+        query_uri=(tmp_path / "cells.h5ad").as_uri(),
+        prompt_uri=(tmp_path / "cells.h5ad").as_uri(),
+        query_obs_filter={"cell_type": ["dc"]},
+        prompt_obs_filter={"cell_type": ["mono", "bcell"]},
+        split_column="cell_type",
+        num_steps=2,
+        checkpoint_uri=(tmp_path / "model.ckpt").as_uri(),
+        gene_list_uri=(tmp_path / "genes.pkl").as_uri(),
+        output_prefix=(tmp_path / "outputs" / "real").as_uri(),
+    )

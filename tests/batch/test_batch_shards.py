@@ -22,7 +22,6 @@ from clients.storage import local_path_of
 from flows.stack_inference import stack_inference
 from inference.contract import DE_FILE, GENE_MEANS_FILE, PREDICTIONS_FILE, StackJobSpec
 from tasks.gpu_job import CollectedOutputs, JobFailedError
-from tests.batch.test_batch_flow import real_job_spec  # noqa: F401 (the fixture: tiny inputs, untrained model)
 from tests.fake_batch_api import FakeBatchApi
 
 REPO = Path(__file__).resolve().parents[2]
