@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,10 +27,9 @@ from prefect.logging import get_run_logger
 
 from clients.llm.claude import ClaudeClient
 from clients.llm.settings import AgentSettings
-from clients.settings import get_settings
 from clients.ocr.models import DocumentText
+from clients.settings import get_settings
 from clients.storage import local_path_of, scheme_of
-from tasks.request import AnalysisRequest
 from inference.contract import PredictionSummary
 from tasks.agent.claude import interpret_with_claude, plan_with_claude
 from tasks.agent.expectations import expectations_with_claude
@@ -42,6 +42,7 @@ from tasks.agent.refine import refine_with_claude
 from tasks.grounding.models import Expectations, GroundingEvaluation
 from tasks.grounding.pack import KnowledgePack
 from tasks.loop.models import RefinedPlan, RoundRecord
+from tasks.request import AnalysisRequest
 from tasks.staging import StagedInput
 
 API_KEY_ENV = "ANTHROPIC_API_KEY"
@@ -130,8 +131,20 @@ def _pack_for(request: AnalysisRequest) -> KnowledgePack:
     content, so the cache key and the task body share one load)."""
     from tasks.grounding.pack import load_pack
 
+    return load_pack(*_pack_uris(request))
+
+
+def start_loading_pack(request: AnalysisRequest) -> threading.Thread:
+    """Read the pack :func:`set_expectations` will use on a background thread, while the flow checks
+    its inputs (join it before the step). Call it after the request's URIs are checked: it reads them."""
+    from tasks.grounding.pack import start_loading_pack as start
+
+    return start(*_pack_uris(request))
+
+
+def _pack_uris(request: AnalysisRequest) -> tuple[str, list[str]]:
     grounding = get_settings().grounding
-    return load_pack(grounding.pack_uri, [*grounding.gene_set_uris, *request.gene_set_uris])
+    return grounding.pack_uri, [*grounding.gene_set_uris, *request.gene_set_uris]
 
 
 def _is_local_h5ad(value: str) -> bool:

@@ -8,6 +8,7 @@ adds the user's GMT files, and caches the result per process by URIs and digests
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import gzip
 import hashlib
@@ -417,16 +418,31 @@ _PACKS: OrderedDict[tuple, KnowledgePack] = OrderedDict()
 _GMTS: OrderedDict[tuple, list[GeneSet]] = OrderedDict()
 
 
+_MAKING: dict[tuple, threading.Lock] = {}  # a lock per entry being made: a second caller waits for it
+
+
 def _cached(cache: OrderedDict, key: tuple, make):
+    """``cache[key]``, made once: a caller that comes while another thread makes it waits for that one
+    (the flow preloads the pack on a thread; the task that then asks for it must not parse it again)."""
     with _LOCK:
         if key in cache:
             cache.move_to_end(key)
             return cache[key]
-    value = make()
-    with _LOCK:
-        cache[key] = value
-        while len(cache) > _CACHE_SIZE:
-            cache.popitem(last=False)
+        making = _MAKING.setdefault((id(cache), key), threading.Lock())
+    with making:
+        with _LOCK:
+            if key in cache:  # made by the thread this caller waited for
+                cache.move_to_end(key)
+                return cache[key]
+        try:
+            value = make()
+        finally:
+            with _LOCK:
+                _MAKING.pop((id(cache), key), None)
+        with _LOCK:
+            cache[key] = value
+            while len(cache) > _CACHE_SIZE:
+                cache.popitem(last=False)
     return value
 
 
@@ -436,6 +452,22 @@ def clear_cache() -> None:
         _BASES.clear()
         _PACKS.clear()
         _GMTS.clear()
+
+
+def start_loading_pack(pack_uri: str, gene_set_uris: Sequence[str] = ()) -> threading.Thread:
+    """``load_pack`` on a background thread, with the look-ups the expectations search, so a flow
+    reads the pack (~0.5 s) while it waits on other work (the inputs' checks); ``load_pack`` then
+    finds it cached. Errors are left to that later call, which meets them again and reports them."""
+
+    def run() -> None:
+        with contextlib.suppress(Exception):
+            pack = load_pack(pack_uri, gene_set_uris)
+            pack._sets()
+            pack._cells()
+
+    thread = threading.Thread(target=run, name="load-knowledge-pack", daemon=True)
+    thread.start()
+    return thread
 
 
 def load_pack(pack_uri: str, gene_set_uris: Sequence[str] = ()) -> KnowledgePack:
@@ -460,7 +492,7 @@ def load_pack(pack_uri: str, gene_set_uris: Sequence[str] = ()) -> KnowledgePack
         sources = list(base.sources)
         version = base.version
         for uri, digest, data in gmts:
-            sets = _cached(_GMTS, (uri, digest), lambda: parse_gmt(data, source=uri))
+            sets = _cached(_GMTS, (uri, digest), lambda data=data, uri=uri: parse_gmt(data, source=uri))
             for gene_set in sets:
                 if gene_set.set_id in gene_sets:
                     raise GmtError(

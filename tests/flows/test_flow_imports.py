@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 # Heavy modules the path to the first task does not use, with who uses them.
 NOT_BEFORE_THE_FIRST_TASK = {
     "scipy.stats": "grounding (BH q-values), preloaded during the GPU job",
+    "pyarrow.parquet": "grounding (the job's de.parquet), preloaded during the GPU job",
     "decoupler": "grounding (ORA), preloaded during the GPU job",
     "numba": "decoupler",
     "matplotlib": "the report's plots",

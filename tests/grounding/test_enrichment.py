@@ -114,16 +114,17 @@ def test_read_de_table_that_is_not_there(tmp_path) -> None:
 
 
 def test_decoupler_is_imported_on_a_thread_so_the_rounds_grounding_need_not_wait() -> None:
-    """The round starts this before its GPU job; joined, scipy.stats and decoupler are loaded and numba
-    has decoupler's compiled ORA ready (in a fresh interpreter, which had none of them)."""
+    """The round starts this before its GPU job; joined, the parquet reader, scipy.stats and decoupler
+    are loaded and numba has decoupler's compiled ORA ready (in a fresh interpreter, which had none)."""
     import subprocess
     import sys
 
     code = (
         "import sys; from tasks.grounding.enrichment import start_importing_decoupler; "
-        "assert 'decoupler' not in sys.modules and 'scipy.stats' not in sys.modules; "
+        "wanted = ('decoupler', 'scipy.stats', 'pyarrow.parquet'); "
+        "assert not [m for m in wanted if m in sys.modules]; "
         "start_importing_decoupler().join(); "
-        "assert 'decoupler' in sys.modules and 'scipy.stats' in sys.modules; "
+        "assert all(m in sys.modules for m in wanted), [m for m in wanted if m not in sys.modules]; "
         "from decoupler.mt import _ora; assert _ora._runora.signatures, 'ORA not compiled'"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)

@@ -19,6 +19,7 @@ from tasks.grounding.pack import (
     clear_cache,
     load_pack,
     parse_gmt,
+    start_loading_pack,
 )
 
 DEBS = Path("/tmp/debs")
@@ -34,6 +35,32 @@ def copy_pack(tmp_path: Path) -> Path:
     folder = tmp_path / "pack"
     shutil.copytree(DEFAULT_PACK_DIR, folder)
     return folder
+
+
+def test_a_pack_being_read_on_a_thread_is_not_read_again(tmp_path: Path, monkeypatch) -> None:
+    """The flow reads the pack on a thread while it checks its inputs; the step that then asks for it
+    waits for that read instead of parsing the pack a second time, and finds its look-ups built."""
+    from tasks.grounding import pack as pack_module
+
+    parsed = []
+    real = pack_module._load_base
+    monkeypatch.setattr(pack_module, "_load_base", lambda *args: parsed.append(args[1]) or real(*args))
+    uri = copy_pack(tmp_path).as_uri()  # a folder no other test read: the thread's read is the first
+
+    reading = start_loading_pack(uri)
+    asked = load_pack(uri)  # while the thread parses the GO BP sets (~0.3 s)
+    reading.join()
+    assert len(parsed) == 1
+    assert load_pack(uri) is asked
+    assert asked.resolve_cell_type("B cell").ontology_id == "CL:0000236"
+
+
+def test_a_failed_read_on_the_thread_is_reported_by_the_next_load(tmp_path: Path) -> None:
+    folder = copy_pack(tmp_path)
+    (folder / "go_bp.gmt.gz").write_bytes(b"not the pack's file")
+    start_loading_pack(folder.as_uri()).join()  # the thread swallows it: the flow's task reports it
+    with pytest.raises(PackError, match="sha256"):
+        load_pack(folder.as_uri())
 
 
 # --- the committed pack ----------------------------------------------------------------------------
