@@ -36,6 +36,7 @@ from tasks.grounding.steps import evaluate_grounding
 from tasks.loop.models import LoopDecision, RefinedPlan, RoundRecord
 from tasks.loop.stopping import after_round, on_refined
 from tasks.model_files import ModelFiles
+from tasks.report.model import JobFigures
 from tasks.request import AnalysisRequest
 from tasks.results import shared_result_storage
 from tasks.run_tree import root_flow_run_id
@@ -118,7 +119,7 @@ def analysis_round(
     evaluation = evaluate_grounding(expectations, summary, collected.outputs[DE_FILE], request.gene_set_uris)
     fault_point(round_step("evaluated", k), run_id)
     manifest = collected.manifest
-    wall = manifest.timings_s.get("total_s", sum(manifest.timings_s.values()))
+    figures = JobFigures.from_manifest(collected.job_id, manifest)  # a sharded job's: its shards' figures
     record = RoundRecord(
         k=k,
         plan=plan,
@@ -133,8 +134,8 @@ def analysis_round(
             # the report's plot reads the job's per-gene means (a job without them: no plot)
             **({"gene_means": collected.outputs[GENE_MEANS_FILE]} if GENE_MEANS_FILE in collected.outputs else {}),
         },
-        gpu_seconds=manifest.gpu_seconds,  # a sharded job: every shard's GPU time
-        wall_seconds=wall,
+        gpu_seconds=figures.gpu_seconds,
+        wall_seconds=figures.wall_seconds,
         llm_usd=refined.usage.estimated_cost_usd if refined.usage else 0.0,
         summary=summary,
         evaluation=evaluation,

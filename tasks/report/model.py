@@ -16,7 +16,7 @@ from tasks.loop.table import describe_filter
 
 
 class JobFigures(BaseModel):
-    """What the GPU job cost and ran on, from its manifest."""
+    """What the GPU job cost and ran on, from its manifest (a sharded job's: from its parts, and the merge beside)."""
 
     job_id: str
     device: str
@@ -25,32 +25,43 @@ class JobFigures(BaseModel):
     model_parameters: int
     predictions_shape: tuple[int, int]
     num_steps: int
-    wall_seconds: float
-    gpu_seconds: float = Field(description="Wall time on a GPU; 0 when the job ran on the CPU.")
-    peak_memory_mb: float
+    wall_seconds: float = Field(description="The job's total; a sharded job's: its longest shard's.")
+    gpu_seconds: float = Field(description="Wall time on a GPU (a sharded job: summed over its shards); 0 on the CPU.")
+    peak_memory_mb: float = Field(description="The job's peak; a sharded job's: its largest shard's.")
     preemptions: int = Field(
         default=0, ge=0, description="Times Batch preempted the job's VM before this attempt (each retried by itself)."
     )
+    shards: int = Field(default=1, ge=1, description="Shards the query was split into (1: not sharded).")
+    merge_seconds: float | None = Field(default=None, description="A sharded job's merge: its total (on a CPU).")
 
     @classmethod
     def from_manifest(cls, job_id: str, manifest: JobManifest, preemptions: int = 0) -> JobFigures:
-        # timings_s holds the parts and, beside them, "total_s" (inference.stack_job): the total is
-        # that one, never the parts plus it.
-        timings = manifest.timings_s
-        wall = round(timings["total_s"] if "total_s" in timings else sum(timings.values()), 2)
+        # A merge's manifest holds the merge's own device and figures; the GPU work is in its parts.
+        parts = manifest.parts
+        runs = [(p.device, p.timings_s, p.peak_memory_mb) for p in parts] or [
+            (manifest.device, manifest.timings_s, manifest.peak_memory_mb)
+        ]
         return cls(
             job_id=job_id,
-            device=manifest.device,
+            device=", ".join(sorted({device for device, _, _ in runs})),
             precision=manifest.precision,
             model_trained=manifest.model_trained,
             model_parameters=manifest.model_parameters,
             predictions_shape=manifest.predictions_shape,
             num_steps=manifest.spec.num_steps,
-            wall_seconds=wall,
-            gpu_seconds=manifest.gpu_seconds,  # a sharded job: every shard's GPU time
-            peak_memory_mb=manifest.peak_memory_mb,
+            wall_seconds=round(max(total_of(timings) for _, timings, _ in runs), 2),
+            gpu_seconds=manifest.gpu_seconds,
+            peak_memory_mb=max(peak for _, _, peak in runs),
             preemptions=preemptions,
+            shards=max(1, len(parts)),
+            merge_seconds=round(total_of(manifest.timings_s), 2) if parts else None,
         )
+
+
+def total_of(timings: dict[str, float]) -> float:
+    """A job's total: timings_s holds the phases and, beside them, "total_s" (inference.stack_job): the
+    total is that one, never the phases plus it."""
+    return timings["total_s"] if "total_s" in timings else sum(timings.values())
 
 
 class TopGene(BaseModel):

@@ -65,6 +65,8 @@ def ordered_sections(report: AnalysisReport, url_for: Callable[[str], str | None
         f"## GPU job{in_round(report)}",
         f"- job id: {md_inline(job.job_id)} on {md_inline(job.device)} ({job.precision})",
         f"- predictions: {job.predictions_shape[0]} cells x {job.predictions_shape[1]} genes",
+        *([f"- shards: {job.shards} (tasks of one job; wall time and peak memory are the largest shard's, "
+           f"GPU-seconds their sum), merged in {job.merge_seconds:.1f} s on a CPU"] if job.shards > 1 else []),
         f"- wall time: {job.wall_seconds:.1f} s, GPU-seconds: {job.gpu_seconds:.1f}, "
         f"peak memory: {job.peak_memory_mb:.0f} MB",
         f"- model: {job.model_parameters:,} parameters, {'trained' if job.model_trained else 'UNTRAINED'}",

@@ -190,5 +190,8 @@ def test_an_analysis_run_over_a_query_larger_than_a_shard_reports_one_dataset(
     jobs = sorted(p.name for p in (local_job.data_dir / "jobs").iterdir() if not p.name.startswith("."))
     assert [j.split("-")[0] for j in jobs] == ["merge", "stack"]
     assert report.job.job_id == jobs[0] and report.rounds[0].query_cell_count == 40
+    assert report.job.shards == 3 and report.job.device == "cpu" and report.job.merge_seconds is not None
+    markdown = local_path_of(report.outputs["report_markdown"]).read_text()
+    assert "- shards: 3 (tasks of one job;" in markdown.split("## GPU job", 1)[1].split("\n## ", 1)[0]
     predictions = ad.read_h5ad(local_path_of(report.outputs["predictions"]), backed="r")
     assert predictions.n_obs == 40 and predictions.obs["query_cell"].is_unique  # one context, every cell once
