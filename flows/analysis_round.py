@@ -16,6 +16,8 @@ second GPU job, no second model call.
 
 # No `from __future__ import annotations` here: Prefect validates a flow's parameters against its
 # annotations, and a flow loaded by a worker cannot resolve them as strings.
+import threading
+
 from prefect import flow, get_client, get_run_logger
 from prefect.concurrency.sync import concurrency
 from prefect.context import FlowRunContext
@@ -28,7 +30,7 @@ from flows.faults import fault_point, round_step
 from flows.stack_inference import cancel_gpu_jobs_of_flow_run, stack_inference
 from inference.contract import DE_FILE, GENE_MEANS_FILE, PREDICTIONS_FILE, SUMMARY_FILE
 from tasks.agent.steps import plan_round
-from tasks.gpu_job import gpus_at_once, shard_count_for
+from tasks.gpu_job import gpus_at_once, job_submitted, shard_count_for
 from tasks.grounding.enrichment import start_importing_decoupler
 from tasks.grounding.expectations import query_type_of
 from tasks.grounding.models import Expectations
@@ -107,11 +109,18 @@ def analysis_round(
         output_prefix=join_uri(run_prefix, f"iter-{k}", "stack"),
         shard_count=shard_count_for(query.facts.n_obs),
     )
-    importing = start_importing_decoupler()  # the grounding's slowest import, while the job runs
+    # The grounding's slowest imports, on a thread while the job runs (from its submission on).
+    submitted = threading.Event()
+    importing = start_importing_decoupler(after=submitted)
+    watching = job_submitted.set(submitted)
     # GPU jobs queue here instead of piling up. The slot's lease is renewed while this process lives;
     # the shortest lease (60 s) frees the slot of a crashed run soon, instead of after Prefect's 5 min.
-    with concurrency(GPU_CONCURRENCY_LIMIT, occupy=gpus_at_once(spec), lease_duration=GPU_SLOT_LEASE_S):
-        collected = stack_inference(spec, round_number=k)
+    try:
+        with concurrency(GPU_CONCURRENCY_LIMIT, occupy=gpus_at_once(spec), lease_duration=GPU_SLOT_LEASE_S):
+            collected = stack_inference(spec, round_number=k)
+    finally:
+        job_submitted.reset(watching)
+        submitted.set()  # the thread never waits past the job
     importing.join()
     fault_point(round_step("stack_inference", k), run_id)
 

@@ -45,6 +45,7 @@ from tasks.gpu_job import (
     finished_parts,
     job_base_id,
     job_preempted,
+    job_submitted,
     preempted_too_often,
     shards_spec,
     spec_for_job,
@@ -131,6 +132,8 @@ def run_to_the_end(
             return job_id, None
         request, shards = built
         job = submit_task_for_settings()(request, job_id, shards)
+        if (submitted := job_submitted.get()) is not None:
+            submitted.set()
         fault_point(round_step("submitted", round_number), run_id, how="crash")
         try:
             wait_for_gpu_job(job)

@@ -18,7 +18,9 @@ Why the pieces look the way they do:
 
 from __future__ import annotations
 
+import threading
 import time
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,9 @@ from tasks.results import shared_result_storage
 from tasks.run_tree import flow_runs_above
 
 MAX_ATTEMPTS = 99
+# Set by a caller that wants to know when its GPU job has been submitted (the round starts its
+# grounding imports then, not while the submission runs); stack_inference sets the event.
+job_submitted: ContextVar[threading.Event | None] = ContextVar("stackflows_job_submitted", default=None)
 
 
 class JobFailedError(RuntimeError):

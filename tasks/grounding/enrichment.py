@@ -94,14 +94,18 @@ def is_enriched(row: EnrichmentRow, q_threshold: float = DE_Q_THRESHOLD) -> bool
     return row.q_value < q_threshold and row.overlap > row.de_genes * row.set_size / row.background
 
 
-def start_importing_decoupler() -> threading.Thread:
+def start_importing_decoupler(after: threading.Event | None = None) -> threading.Thread:
     """Ready the grounding on a background thread while the round's GPU job runs, so the round's
     grounding does not wait for it: import the parquet reader (pyarrow's extension: ~0.5 s), scipy.stats
     and decoupler (numba, seaborn: 2-3 s), and run one tiny ORA, which makes numba load decoupler's
-    compiled ORA (another ~0.6 s on its first call). The round joins the thread before scoring (one
-    importer at a time). A failure is left to the scoring, which meets it again and reports it there."""
+    compiled ORA (another ~0.6 s on its first call). ``after``: begin once it is set (the round sets it
+    when its GPU job is submitted: importing beside the submission slowed it by up to 2.8 s through the
+    GIL). The round joins the thread before scoring (one importer at a time). A failure is left to the
+    scoring, which meets it again and reports it there."""
 
     def run() -> None:
+        if after is not None:
+            after.wait()
         with contextlib.suppress(Exception):  # the scoring imports and runs it again and raises there
             for module in _GROUNDING_IMPORTS:
                 importlib.import_module(module)
