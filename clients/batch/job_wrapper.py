@@ -66,32 +66,41 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 def _pump_stderr(child: subprocess.Popen[bytes]) -> bytes:
     """Copy the child's stderr to ours as it comes; return its last STDERR_TAIL_BYTES bytes."""
-    tail: deque[bytes] = deque()
-    kept = 0
+    tail = _Tail()
     assert child.stderr is not None
     while chunk := child.stderr.read1(65536):
         sys.stderr.buffer.write(chunk)
         sys.stderr.buffer.flush()
-        tail.append(chunk)
-        kept += len(chunk)
-        while kept - len(tail[0]) >= STDERR_TAIL_BYTES:
-            kept -= len(tail.popleft())
-    return b"".join(tail)[-STDERR_TAIL_BYTES:]
+        tail.add(chunk)
+    return tail.bytes()
 
 
 def _pump_prefixed(stream: BinaryIO, prefix: bytes, lock: threading.Lock) -> bytes:
     """Copy one task's stderr to ours line by line, each line prefixed (tasks interleave); return its tail."""
-    tail: deque[bytes] = deque()
-    kept = 0
+    tail = _Tail()
     for line in iter(stream.readline, b""):
         with lock:
             sys.stderr.buffer.write(prefix + line + (b"" if line.endswith(b"\n") else b"\n"))
             sys.stderr.buffer.flush()
-        tail.append(line)
-        kept += len(line)
-        while kept - len(tail[0]) >= STDERR_TAIL_BYTES:
-            kept -= len(tail.popleft())
-    return b"".join(tail)[-STDERR_TAIL_BYTES:]
+        tail.add(line)
+    return tail.bytes()
+
+
+class _Tail:
+    """The last STDERR_TAIL_BYTES bytes of a stream, kept as pieces without holding the rest."""
+
+    def __init__(self) -> None:
+        self.pieces: deque[bytes] = deque()
+        self.kept = 0
+
+    def add(self, piece: bytes) -> None:
+        self.pieces.append(piece)
+        self.kept += len(piece)
+        while self.kept - len(self.pieces[0]) >= STDERR_TAIL_BYTES:
+            self.kept -= len(self.pieces.popleft())
+
+    def bytes(self) -> bytes:
+        return b"".join(self.pieces)[-STDERR_TAIL_BYTES:]
 
 
 def _write_atomically(path: Path, text: str) -> None:

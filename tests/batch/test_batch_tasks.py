@@ -214,3 +214,19 @@ def test_cloud_create_request_carries_the_task_count_and_parallelism(cloud_setti
     ]
     for job_id in ("stack-group-a1", "stack-group1-a1"):
         final_status(runner, job_id)
+
+
+def test_the_wrapper_keeps_exactly_the_last_8_kib_of_stderr_however_it_arrives() -> None:
+    from clients.batch.base import STDERR_TAIL_BYTES
+    from clients.batch.job_wrapper import _Tail
+
+    stream = b"".join(f"line {i}\n".encode() for i in range(4000))  # ~38 KiB
+    for size in (1, 100, 65536):
+        tail = _Tail()
+        for start in range(0, len(stream), size):
+            tail.add(stream[start : start + size])
+        assert tail.bytes() == stream[-STDERR_TAIL_BYTES:]
+        assert tail.kept - len(tail.pieces[0]) < STDERR_TAIL_BYTES  # no more is held than the tail needs
+    short = _Tail()
+    short.add(b"only this\n")
+    assert short.bytes() == b"only this\n"
