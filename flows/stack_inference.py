@@ -124,7 +124,6 @@ def run_to_the_end(
     each attempt's request and shards; None: nothing is left to run), up to the settings' bound.
     Returns the last attempt's id and its finished job (None when nothing was left to run)."""
     max_retries = get_settings().batch.max_preemption_retries
-    job = None
     for retry in range(max_retries + 1):
         job_id = choose_job_id(base_id)  # after a preemption: the next attempt, into a fresh prefix
         built = request_for(job_id)
