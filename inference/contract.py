@@ -328,7 +328,13 @@ class JobManifest(BaseModel):
     def gpu_seconds(self) -> float:
         """Wall seconds on a GPU: the job's total on a cuda device; for a merge, its parts' totals on cuda."""
         runs = [(p.device, p.timings_s) for p in self.parts] if self.parts else [(self.device, self.timings_s)]
-        return round(sum(t.get("total_s", sum(t.values())) for d, t in runs if d.startswith("cuda")), 3)
+        return round(sum(total_seconds(t) for d, t in runs if d.startswith("cuda")), 3)
+
+
+def total_seconds(timings: dict[str, float]) -> float:
+    """A job's total from its ``timings_s``: the phases and, beside them, "total_s" (inference.stack_job);
+    the total is that one, never the phases plus it (an older manifest without it: the phases' sum)."""
+    return timings["total_s"] if "total_s" in timings else sum(timings.values())
 
 
 class MergeSpec(BaseModel):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from clients.ocr.models import DocumentText
-from inference.contract import JobManifest, PredictionSummary, Reference
+from inference.contract import JobManifest, PredictionSummary, Reference, total_seconds
 from tasks.agent.plan import AgentUsage, Findings, RunPlan
 from tasks.grounding.models import (
     Expectations,
@@ -49,19 +49,13 @@ class JobFigures(BaseModel):
             model_parameters=manifest.model_parameters,
             predictions_shape=manifest.predictions_shape,
             num_steps=manifest.spec.num_steps,
-            wall_seconds=round(max(total_of(timings) for _, timings, _ in runs), 2),
+            wall_seconds=round(max(total_seconds(timings) for _, timings, _ in runs), 2),
             gpu_seconds=manifest.gpu_seconds,
             peak_memory_mb=max(peak for _, _, peak in runs),
             preemptions=preemptions,
             shards=max(1, len(parts)),
-            merge_seconds=round(total_of(manifest.timings_s), 2) if parts else None,
+            merge_seconds=round(total_seconds(manifest.timings_s), 2) if parts else None,
         )
-
-
-def total_of(timings: dict[str, float]) -> float:
-    """A job's total: timings_s holds the phases and, beside them, "total_s" (inference.stack_job): the
-    total is that one, never the phases plus it."""
-    return timings["total_s"] if "total_s" in timings else sum(timings.values())
 
 
 class TopGene(BaseModel):
