@@ -18,8 +18,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.results import ResultStore, get_result_store
 
-from clients.ocr import NO_TEXT_FOUND, DocumentReader, DocumentText, OcrPageError, PageText
-from clients.ocr.reader import document_name
+from clients.ocr.models import NO_TEXT_FOUND, DocumentText, PageText, document_name
 from clients.output_links import output_url
 from clients.settings import get_settings
 from clients.storage import ObjectExistsError, ObjectNotFoundError, join_uri, store_for
@@ -83,6 +82,8 @@ def _short_hash(data: bytes) -> str:
 
 def _retry_unless_permanent(task: Any, task_run: Any, state: Any) -> bool:
     """Retry the task only when the service was busy or unreachable, not for bad input or a page that fails."""
+    from clients.ocr import OcrPageError
+
     try:
         state.result()
     except OcrPageError as exc:
@@ -104,6 +105,8 @@ def ocr_documents(document_uris: list[str], output_prefix_uri: str) -> list[Docu
 
     All documents are opened and checked (type, damage, page limit) before any page is sent.
     """
+    from clients.ocr import DocumentReader  # here: pypdfium2, PIL and google-auth load only for documents
+
     logger = get_run_logger()
     settings = get_settings().ocr
     reader = DocumentReader(settings)

@@ -14,6 +14,11 @@ NO_TEXT_FOUND = "[no text found on this page]"
 """What the markdown says for a page where OCR found nothing (blank, a photo, or unreadable)."""
 
 
+def document_name(uri: str) -> str:
+    """The name a document goes by in logs, tools, claims and citations: its file name."""
+    return uri.rstrip("/").rsplit("/", 1)[-1] or uri
+
+
 class PageText(BaseModel):
     page_number: int = Field(ge=1, description="1-based, as a reader counts pages.")
     text: str

@@ -23,7 +23,7 @@ from clients.ocr.base import OcrEngine, PageImage
 from clients.ocr.documents import RENDER_RECIPE, SourceDocument, usable_text
 from clients.ocr.lightonocr import LightOnOcrClient
 from clients.ocr.local import NoOcrEngine, RapidOcrEngine
-from clients.ocr.models import DocumentText, PageText
+from clients.ocr.models import DocumentText, PageText, document_name
 from clients.ocr.settings import OcrSettings
 
 log = logging.getLogger(__name__)
@@ -54,10 +54,6 @@ def page_cache_key(document_sha256: str, page_index: int, engine_fingerprint: st
     """
     material = f"{document_sha256}:{page_index}:{RENDER_RECIPE}:{engine_fingerprint}".encode()
     return "ocr-page-" + hashlib.sha256(material).hexdigest()
-
-
-def document_name(uri: str) -> str:
-    return uri.rstrip("/").rsplit("/", 1)[-1] or uri
 
 
 class DocumentReader:

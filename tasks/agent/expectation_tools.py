@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from clients.ocr.models import DocumentText
+from clients.ocr.models import DocumentText, document_name
 from tasks.agent.plan import _strip_titles
 from tasks.grounding.pack import KnowledgePack
 
@@ -131,11 +131,6 @@ class Page:
     uri: str
     number: int
     text: str
-
-
-def document_name(uri: str) -> str:
-    """The name a document goes by in tools, claims and citations: its file name."""
-    return uri.rstrip("/").rsplit("/", 1)[-1]
 
 
 def pages_of(documents: list[DocumentText]) -> list[Page]:

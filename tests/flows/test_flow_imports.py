@@ -22,6 +22,8 @@ NOT_BEFORE_THE_FIRST_TASK = {
     "numba": "decoupler",
     "matplotlib": "the report's plots",
     "anthropic": "Claude, only with a key",
+    "pypdfium2": "OCR, only for a request with documents",
+    "PIL": "OCR, only for a request with documents",
 }
 
 
