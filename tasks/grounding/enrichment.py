@@ -139,17 +139,21 @@ class _Sets:
 
     @classmethod
     def of(cls, background: Sequence[str], members: dict[str, list[str]]) -> _Sets | None:
-        if not members:
+        """The arrays ``dc.pp.idxmat`` makes of ``dc.pp.prune(features, net, tmin=1)``'s net (sets with
+        a gene in the background, sorted by id; each set's genes as background indices, in its order),
+        built from the sets directly: idxmat groups a DataFrame with a Python function per set, 0.5 s
+        of every round's grounding for the pack's ~15k sets. Equal arrays: tests/grounding."""
+        index = {gene: i for i, gene in enumerate(background)}  # a repeated name: its last place, as idxmat
+        targets = {set_id: [index[g] for g in genes if g in index] for set_id, genes in members.items()}
+        kept = sorted(set_id for set_id, found in targets.items() if found)
+        if not kept:
             return None
-        import decoupler as dc  # here, not at import: decoupler (numba, seaborn) costs a flow ~3 s to import
-
+        offsets = np.fromiter((len(targets[set_id]) for set_id in kept), dtype=int, count=len(kept))
+        cnct = np.fromiter((i for set_id in kept for i in targets[set_id]), dtype=int, count=int(offsets.sum()))
+        starts = np.zeros_like(offsets)
+        starts[1:] = np.cumsum(offsets)[:-1]
         features = np.asarray(background, dtype="U")
-        net = pd.DataFrame(
-            [(set_id, gene) for set_id, genes in members.items() for gene in genes], columns=["source", "target"]
-        )
-        net = dc.pp.prune(features=features, net=net, tmin=1)
-        sources, cnct, starts, offsets = dc.pp.idxmat(features=features, net=net)
-        return cls(features, members, sources, cnct, starts, offsets)
+        return cls(features, members, np.asarray(kept, dtype="U"), cnct, starts, offsets)
 
 
 def _ora_rows(

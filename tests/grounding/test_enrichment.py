@@ -129,3 +129,30 @@ def test_decoupler_is_imported_on_a_thread_so_the_rounds_grounding_need_not_wait
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
+
+
+def test_the_sets_index_is_decouplers_own() -> None:
+    """``_Sets.of`` builds the arrays decoupler's ``pp.prune`` + ``pp.idxmat`` make, which ``mt.ora``
+    reads: ids sorted, each set's genes as background indices in its order, empty sets and genes
+    outside the background dropped, a repeated background name at its last place."""
+    import decoupler as dc
+    import numpy as np
+
+    from tasks.grounding.enrichment import _Sets
+
+    rng = np.random.default_rng(7)
+    background = [*BACKGROUND, "G005"]  # a repeated name
+    members = {
+        f"S:{rng.integers(10**6):06d}": list(rng.choice(BACKGROUND, size=int(rng.integers(1, 40)), replace=False))
+        for _ in range(300)
+    }
+    members["A:empty"] = []
+    members["B:outside"] = ["NOTMEASURED", "G001"]
+    ours = _Sets.of(background, members)
+
+    features = np.asarray(background, dtype="U")
+    net = pd.DataFrame([(s, g) for s, genes in members.items() for g in genes], columns=["source", "target"])
+    theirs = dc.pp.idxmat(features=features, net=dc.pp.prune(features=features, net=net, tmin=1))
+    for mine, reference in zip((ours.sources, ours.cnct, ours.starts, ours.offsets), theirs, strict=True):
+        np.testing.assert_array_equal(mine, reference)
+    assert "A:empty" not in ours.sources and _Sets.of(BACKGROUND, {"A:empty": []}) is None
