@@ -36,6 +36,22 @@ FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
 HEARTBEAT_S = 30
 
 
+class RetryBusyServer(httpx.HTTPTransport):
+    """Retries what a busy Prefect server answers 503 or 429 (on SQLite, "database is locked" under
+    load), after its Retry-After or a doubling delay, as Prefect's own client does."""
+
+    ATTEMPTS = 5
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        for attempt in range(self.ATTEMPTS):
+            response = super().handle_request(request)
+            if response.status_code not in (429, 503) or attempt == self.ATTEMPTS - 1:
+                return response
+            response.close()
+            time.sleep(float(response.headers.get("Retry-After", 0.5 * 2**attempt)))
+        raise AssertionError("unreachable: the last attempt returns")
+
+
 @dataclass
 class LocalStack:
     home: Path
@@ -59,7 +75,7 @@ class LocalStack:
     def prefect(self, authenticated: bool = True) -> httpx.Client:
         """An HTTP client for Prefect's REST API; ``authenticated=False`` sends no credentials."""
         headers = self.prefect_headers if authenticated else {}
-        return httpx.Client(base_url=self.prefect_url, headers=headers, timeout=30)
+        return httpx.Client(base_url=self.prefect_url, headers=headers, timeout=30, transport=RetryBusyServer())
 
     def credentials(self) -> dict[str, str]:
         """What a user needs to reach the stack: API URL and token, Prefect UI URL and login."""
