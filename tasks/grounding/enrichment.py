@@ -149,8 +149,8 @@ class _Sets:
     def of(cls, background: Sequence[str], members: dict[str, list[str]]) -> _Sets | None:
         """The arrays ``dc.pp.idxmat`` makes of ``dc.pp.prune(features, net, tmin=1)``'s net (sets with
         a gene in the background, sorted by id; each set's genes as background indices, in its order),
-        built from the sets directly: idxmat groups a DataFrame with a Python function per set, 0.5 s
-        of every round's grounding for the pack's ~15k sets. Equal arrays: tests/grounding."""
+        built from the sets directly: idxmat groups a DataFrame with a Python function per set (0.27 s
+        for 3000 sets, 0.03 s here; every round's grounding). Equal arrays: tests/grounding."""
         index = {gene: i for i, gene in enumerate(background)}  # a repeated name: its last place, as idxmat
         targets = {set_id: [index[g] for g in genes if g in index] for set_id, genes in members.items()}
         kept = sorted(set_id for set_id, found in targets.items() if found)
