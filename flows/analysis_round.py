@@ -17,6 +17,7 @@ second GPU job, no second model call.
 # No `from __future__ import annotations` here: Prefect validates a flow's parameters against its
 # annotations, and a flow loaded by a worker cannot resolve them as strings.
 import threading
+from functools import partial
 
 from prefect import flow, get_client, get_run_logger
 from prefect.concurrency.sync import concurrency
@@ -34,7 +35,7 @@ from tasks.gpu_job import gpus_at_once, job_submitted, shard_count_for
 from tasks.grounding.enrichment import start_importing_decoupler
 from tasks.grounding.expectations import query_type_of
 from tasks.grounding.models import Expectations
-from tasks.grounding.steps import evaluate_grounding
+from tasks.grounding.steps import evaluate_grounding, grounding_pack
 from tasks.loop.models import LoopDecision, RefinedPlan, RoundRecord
 from tasks.loop.stopping import after_round, on_refined
 from tasks.model_files import ModelFiles
@@ -66,6 +67,7 @@ class LoopLimits(BaseModel):
 
 @flow(
     name="analysis-round",
+    flow_run_name="round-{k}",
     persist_result=True,
     result_storage=shared_result_storage(),
     on_cancellation=[cancel_gpu_jobs_of_flow_run],
@@ -111,7 +113,7 @@ def analysis_round(
     )
     # The grounding's slowest imports, on a thread while the job runs (from its submission on).
     submitted = threading.Event()
-    importing = start_importing_decoupler(after=submitted)
+    importing = start_importing_decoupler(after=submitted, pack=partial(grounding_pack, request.gene_set_uris))
     watching = job_submitted.set(submitted)
     # GPU jobs queue here instead of piling up. The slot's lease is renewed while this process lives;
     # the shortest lease (60 s) frees the slot of a crashed run soon, instead of after Prefect's 5 min.

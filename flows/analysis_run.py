@@ -127,7 +127,7 @@ def closed_loop(
         if not stop.go_on:
             break
         note = budget_note(rounds, limits.gpu_seconds_budget, limits.llm_usd_budget)
-        outcome = analysis_round.with_options(flow_run_name=f"round-{k}")(
+        outcome = analysis_round(
             k, request, prompt, query, model, expectations, rounds, limits, run_prefix, document_text, note
         )
         stop = outcome.decision

@@ -17,7 +17,7 @@ import gc
 import importlib
 import math
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,14 +95,18 @@ def is_enriched(row: EnrichmentRow, q_threshold: float = DE_Q_THRESHOLD) -> bool
     return row.q_value < q_threshold and row.overlap > row.de_genes * row.set_size / row.background
 
 
-def start_importing_decoupler(after: threading.Event | None = None) -> threading.Thread:
+def start_importing_decoupler(
+    after: threading.Event | None = None, pack: Callable[[], KnowledgePack] | None = None
+) -> threading.Thread:
     """Ready the grounding on a background thread while the round's GPU job runs, so the round's
     grounding does not wait for it: import the parquet reader (pyarrow's extension: ~0.5 s), scipy.stats
     and decoupler (numba, seaborn: 2-3 s), and run one tiny ORA, which makes numba load decoupler's
     compiled ORA (another ~0.6 s on its first call). ``after``: begin once it is set (the round sets it
     when its GPU job is submitted: importing beside the submission slowed it by up to 2.8 s through the
-    GIL). The round joins the thread before scoring (one importer at a time). A failure is left to the
-    scoring, which meets it again and reports it there.
+    GIL). ``pack``: the knowledge pack the scoring will use, whose gene sets are then made (the ORA
+    reads them all; a loaded pack keeps them as text until used). The round joins the thread before
+    scoring (one importer at a time). A failure is left to the scoring, which meets it again and
+    reports it there.
 
     Last, what the process holds by then (modules, Prefect's state, the knowledge pack) lives as long
     as the process: after one full collection it is frozen out of the collector's sight (``gc.freeze``).
@@ -116,6 +120,9 @@ def start_importing_decoupler(after: threading.Event | None = None) -> threading
             for module in _GROUNDING_IMPORTS:
                 importlib.import_module(module)
             _warm_ora()
+            if pack is not None:
+                for _ in pack().gene_sets.values():
+                    pass
             gc.collect()
             gc.freeze()
 

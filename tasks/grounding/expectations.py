@@ -218,8 +218,7 @@ def _request_genes(request: AnalysisRequest, pack: KnowledgePack, notes: list[st
             f"expected_up and expected_down both name {', '.join(both)}: a gene is expected to move one way; "
             "remove it from one of the lists"
         )
-    known = set().union(*(gene_set.genes for gene_set in pack.gene_sets.values())) if pack.gene_sets else set()
-    unknown = [g for g in [*up, *down] if g.upper() not in known]
+    unknown = _outside_the_pack([*up, *down], pack)
     if unknown:
         notes.append(
             f"expected gene(s) {', '.join(unknown)} are in none of the pack's gene sets; whether the model and the "
@@ -229,6 +228,14 @@ def _request_genes(request: AnalysisRequest, pack: KnowledgePack, notes: list[st
         *(ExpectedGene(gene=g, direction="up", source="request", why="expected_up in the request") for g in up),
         *(ExpectedGene(gene=g, direction="down", source="request", why="expected_down in the request") for g in down),
     ]
+
+
+def _outside_the_pack(genes: list[str], pack: KnowledgePack) -> list[str]:
+    """The genes no gene set of the pack has (the union of its 9k sets is only built when there are genes to look up)."""
+    if not genes:
+        return []
+    known = set().union(*(gene_set.genes for gene_set in pack.gene_sets.values()))
+    return [g for g in genes if g.upper() not in known]
 
 
 def _request_gene_sets(request: AnalysisRequest, pack: KnowledgePack) -> list[ExpectedGeneSet]:

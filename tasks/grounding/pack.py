@@ -17,7 +17,7 @@ import math
 import re
 import threading
 from collections import OrderedDict, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
@@ -61,6 +61,62 @@ class GeneSet:
     name: str  # "inflammatory response"
     genes: frozenset[str]  # upper-case symbols
     collection: str  # "GO BP", or the GMT's name
+
+
+class GeneSets(Mapping[str, GeneSet]):
+    """Gene sets by id, in the order their files list them.
+
+    A set of the pack's own GMT keeps its genes as the line's text until it is first asked for: the
+    9k GO BP sets' frozensets cost ~0.2 s, and before the GPU job a run reads only their names (the
+    expectations); the round makes them all while its job runs (:meth:`make_all`). Shared by the
+    threads of a process: making a set twice at once gives two equal sets, one kept.
+    """
+
+    def __init__(self, entries: dict[str, GeneSet | tuple[str, str, str]] | None = None) -> None:
+        self._entries: dict[str, GeneSet | tuple[str, str, str]] = dict(entries or {})  # or (name, collection, genes)
+
+    def add(self, gene_set: GeneSet) -> None:
+        self._entries[gene_set.set_id] = gene_set
+
+    def add_line(self, set_id: str, name: str, collection: str, genes: str) -> None:
+        """A set whose genes are ``genes``: upper-case symbols joined by tabs, as the pack's GMT has them."""
+        self._entries[set_id] = (name, collection, genes)
+
+    def copy(self) -> GeneSets:
+        return GeneSets(self._entries)
+
+    def __getitem__(self, set_id: str) -> GeneSet:
+        entry = self._entries[set_id]
+        if isinstance(entry, GeneSet):
+            return entry
+        name, collection, genes = entry
+        made = GeneSet(set_id=set_id, name=name, genes=frozenset(genes.split("\t")), collection=collection)
+        self._entries[set_id] = made  # a value replaced, never a key added: safe beside an iteration
+        return made
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, set_id: object) -> bool:
+        return set_id in self._entries
+
+    def names(self) -> dict[str, str]:
+        """set id -> name, without making the sets."""
+        return {set_id: e.name if isinstance(e, GeneSet) else e[0] for set_id, e in self._entries.items()}
+
+    def make_all(self) -> None:
+        for set_id in self._entries:
+            self[set_id]
+
+
+def set_names(gene_sets: Mapping[str, GeneSet]) -> dict[str, str]:
+    """set id -> name of any mapping of sets (a pack built by hand holds a plain dict)."""
+    if isinstance(gene_sets, GeneSets):
+        return gene_sets.names()
+    return {set_id: gene_set.name for set_id, gene_set in gene_sets.items()}
 
 
 @dataclass(frozen=True)
@@ -119,7 +175,7 @@ def _rank(query: list[str], docs: dict[str, set[str]], index: dict[str, set[str]
 class KnowledgePack:
     version: str  # e.g. "pack-1 (GO.db 3.16.0, org.Hs.eg.db 3.16.0, CL v2026-03-26)" plus user GMT digests
     sources: list[PackSource]
-    gene_sets: dict[str, GeneSet]  # by set_id
+    gene_sets: Mapping[str, GeneSet]  # by set_id (a loaded pack's: GeneSets)
     cell_types: dict[str, OntologyTerm] = field(default_factory=dict)  # by term_id
     # Look-up tables, built on first use (a loaded pack is shared by the process: do not mutate it).
     _set_index: dict | None = field(default=None, init=False, repr=False, compare=False)
@@ -133,9 +189,9 @@ class KnowledgePack:
             by_name: dict[str, list[str]] = defaultdict(list)
             words: dict[str, set[str]] = {}
             index: dict[str, set[str]] = defaultdict(set)
-            for set_id, gene_set in sorted(self.gene_sets.items()):
-                by_name[gene_set.name.lower()].append(set_id)
-                words[set_id] = set(_words(gene_set.name))
+            for set_id, name in sorted(set_names(self.gene_sets).items()):
+                by_name[name.lower()].append(set_id)
+                words[set_id] = set(_words(name))
                 for word in words[set_id]:
                     index[word].add(set_id)
             lengths = {set_id: len(w) for set_id, w in words.items()}
@@ -274,12 +330,8 @@ def _gmt_text(data: str | bytes, source: str) -> str:
     return data
 
 
-def _gmt_rows(data: str | bytes, source: str, *, normalised: bool = False) -> Iterable[tuple[int, str, str, list[str]]]:
-    """(line number, name, description, genes) per set, each line checked, duplicates refused.
-
-    ``normalised``: the genes are already upper-case and stripped (the pack's own file, whose digest
-    was checked), so the per-gene pass that dominates the load is skipped.
-    """
+def _gmt_rows(data: str | bytes, source: str) -> Iterable[tuple[int, str, str, list[str]]]:
+    """(line number, name, description, genes) per set, each line checked, duplicates refused."""
     seen: dict[str, int] = {}
     rows = 0
     for number, line in enumerate(_gmt_text(data, source).splitlines(), start=1):
@@ -295,7 +347,7 @@ def _gmt_rows(data: str | bytes, source: str, *, normalised: bool = False) -> It
         name = fields[0].strip()
         if not name:
             raise GmtError(f"{source}, line {number}: the set name (first field) is empty; give the set a name")
-        genes = fields[2:] if normalised else [g.strip().upper() for g in fields[2:] if g.strip()]
+        genes = [g.strip().upper() for g in fields[2:] if g.strip()]
         if not genes:
             raise GmtError(f"{source}, line {number}: set {name!r} has no genes; list its genes after the description")
         if name.lower() in seen:
@@ -319,12 +371,19 @@ def parse_gmt(text: str | bytes, *, source: str) -> list[GeneSet]:
     ]
 
 
-def _parse_pack_gmt(data: bytes, source: str, collection: str) -> list[GeneSet]:
-    """The pack's own GMT: the first field is the id (GO:0006954), the second the term's name."""
-    return [
-        GeneSet(set_id=name, name=description or name, genes=frozenset(genes), collection=collection)
-        for _, name, description, genes in _gmt_rows(data, source, normalised=True)
-    ]
+def _add_pack_gmt(gene_sets: GeneSets, data: bytes, source: str, collection: str) -> None:
+    """The pack's own GMT: the first field is the id (GO:0006954), the second the term's name, the
+    rest its genes, upper-case (the file's digest was checked), kept as text until a set is used."""
+    for number, line in enumerate(_gmt_text(data, source).splitlines(), start=1):
+        if not line:
+            continue
+        fields = line.split("\t", 2)
+        if len(fields) < 3 or not fields[0] or not fields[2]:
+            raise PackError(f"{source}, line {number}: not a line of this pack's GMT; rebuild with `{REBUILD}`")
+        set_id, name, genes = fields
+        if set_id in gene_sets:
+            raise PackError(f"{source}, line {number}: set {set_id} is listed twice; rebuild with `{REBUILD}`")
+        gene_sets.add_line(set_id, name.strip() or set_id, collection, genes)
 
 
 def _parse_ontology(data: bytes, source: str) -> tuple[str, dict[str, OntologyTerm]]:
@@ -369,7 +428,7 @@ def _manifest_uri(pack_uri: str) -> tuple[str, str]:
 class _Base:
     version: str
     sources: tuple[PackSource, ...]
-    gene_sets: dict[str, GeneSet]
+    gene_sets: GeneSets
     cell_types: dict[str, OntologyTerm]
 
 
@@ -386,7 +445,7 @@ def _load_base(folder: str, manifest_uri: str, manifest_bytes: bytes) -> _Base:
     sources = tuple(
         PackSource(s["name"], s["version"], s["sha256"], s["licence"], s.get("url", "")) for s in manifest["sources"]
     )
-    gene_sets: dict[str, GeneSet] = {}
+    gene_sets = GeneSets()
     cell_types: dict[str, OntologyTerm] = {}
     cl_version = ""
     for entry in manifest["files"]:
@@ -399,8 +458,7 @@ def _load_base(folder: str, manifest_uri: str, manifest_bytes: bytes) -> _Base:
                 f"changed or copied partly: restore it (git checkout deployments/knowledge) or rebuild with `{REBUILD}`"
             )
         if entry["kind"] == "gene_sets":
-            for gene_set in _parse_pack_gmt(data, uri, entry.get("collection", GO_COLLECTION)):
-                gene_sets[gene_set.set_id] = gene_set
+            _add_pack_gmt(gene_sets, data, uri, entry.get("collection", GO_COLLECTION))
         elif entry["kind"] == "cell_ontology":
             cl_version, cell_types = _parse_ontology(data, uri)
         else:
@@ -487,7 +545,7 @@ def load_pack(pack_uri: str, gene_set_uris: Sequence[str] = ()) -> KnowledgePack
 
     def make() -> KnowledgePack:
         base = _cached(_BASES, base_key, lambda: _load_base(folder, manifest_uri, manifest_bytes))
-        gene_sets = dict(base.gene_sets)
+        gene_sets = base.gene_sets.copy()
         owner = dict.fromkeys(gene_sets, manifest_uri)
         sources = list(base.sources)
         version = base.version
@@ -499,7 +557,7 @@ def load_pack(pack_uri: str, gene_set_uris: Sequence[str] = ()) -> KnowledgePack
                         f"{uri}: set id {gene_set.set_id!r} is already given by {owner[gene_set.set_id]}; "
                         "two GMT files with the same file name: rename one"
                     )
-                gene_sets[gene_set.set_id] = gene_set
+                gene_sets.add(gene_set)
                 owner[gene_set.set_id] = uri
             name = PurePosixPath(uri).name
             sources.append(PackSource(name, f"sha256:{digest[:12]}", digest, "as supplied", uri))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -17,7 +18,7 @@ from clients.settings import get_settings
 from inference.contract import PredictionSummary
 from tasks.grounding.de_table import read_de_table
 from tasks.grounding.models import FORMULA_VERSION, Expectations, GroundingEvaluation
-from tasks.grounding.pack import load_pack
+from tasks.grounding.pack import KnowledgePack, load_pack
 from tasks.grounding.scores import score_prediction
 from tasks.staging import RETRY_TRANSIENT_STORAGE
 
@@ -33,6 +34,12 @@ def _grounding_cache_key(context: TaskRunContext, parameters: dict[str, Any]) ->
     return f"stackflows-grounding-{digest}"
 
 
+def grounding_pack(gene_set_uris: Sequence[str] = ()) -> KnowledgePack:
+    """The pack a prediction is scored against: the settings' pack and GMT files, then the request's."""
+    settings = get_settings().grounding
+    return load_pack(settings.pack_uri, [*settings.gene_set_uris, *gene_set_uris])
+
+
 @task(name="evaluate-grounding", persist_result=True, cache_key_fn=_grounding_cache_key, **RETRY_TRANSIENT_STORAGE)
 def evaluate_grounding(
     expectations: Expectations,
@@ -46,7 +53,7 @@ def evaluate_grounding(
     """
     logger = get_run_logger()
     settings = get_settings().grounding
-    pack = load_pack(settings.pack_uri, [*settings.gene_set_uris, *(gene_set_uris or [])])
+    pack = grounding_pack(gene_set_uris or [])
     de = read_de_table(de_uri)
     evaluation = score_prediction(expectations, summary, de, pack, settings, model_trained=summary.model_trained)
     scores = ", ".join(

@@ -24,6 +24,8 @@ NOT_BEFORE_THE_FIRST_TASK = {
     "anthropic": "Claude, only with a key",
     "pypdfium2": "OCR, only for a request with documents",
     "PIL": "OCR, only for a request with documents",
+    "google.cloud.storage": "gs:// storage, only for gs:// URIs (the staging's retry check imports it on a failure)",
+    "grpc": "google-api-core's errors, with gs:// storage",
 }
 
 

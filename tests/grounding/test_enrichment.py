@@ -10,7 +10,7 @@ from scipy.stats import false_discovery_control, fisher_exact
 from clients.grounding_settings import GroundingSettings
 from inference.contract import DE_COLUMNS
 from tasks.grounding.de_table import DeTableError, read_de_table
-from tasks.grounding.enrichment import de_genes, enrichment, is_enriched
+from tasks.grounding.enrichment import de_genes, enrichment, is_enriched, start_importing_decoupler
 from tasks.grounding.pack import GeneSet, KnowledgePack
 
 BACKGROUND = [f"G{i:03d}" for i in range(200)]
@@ -129,6 +129,20 @@ def test_decoupler_is_imported_on_a_thread_so_the_rounds_grounding_need_not_wait
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
+
+
+def test_the_preload_makes_the_packs_gene_sets_while_the_job_runs(tmp_path) -> None:
+    """The ORA reads every set's genes; the round's preload thread makes them before the scoring."""
+    import shutil
+
+    from clients.grounding_settings import DEFAULT_PACK_DIR
+    from tasks.grounding.pack import load_pack
+
+    shutil.copytree(DEFAULT_PACK_DIR, tmp_path / "pack")
+    pack = load_pack((tmp_path / "pack").as_uri())
+    assert not any(isinstance(entry, GeneSet) for entry in pack.gene_sets._entries.values())
+    start_importing_decoupler(pack=lambda: pack).join()
+    assert all(isinstance(entry, GeneSet) for entry in pack.gene_sets._entries.values())
 
 
 def test_the_sets_index_is_decouplers_own() -> None:

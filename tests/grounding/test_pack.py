@@ -13,6 +13,7 @@ import pytest
 from clients.grounding_settings import DEFAULT_PACK_DIR
 from deployments import knowledge_pack
 from tasks.grounding.pack import (
+    GeneSet,
     GmtError,
     PackError,
     UnknownGeneSet,
@@ -60,6 +61,50 @@ def test_a_failed_read_on_the_thread_is_reported_by_the_next_load(tmp_path: Path
     (folder / "go_bp.gmt.gz").write_bytes(b"not the pack's file")
     start_loading_pack(folder.as_uri()).join()  # the thread swallows it: the flow's task reports it
     with pytest.raises(PackError, match="sha256"):
+        load_pack(folder.as_uri())
+
+
+def _made(pack) -> int:
+    """How many of a loaded pack's gene sets exist as GeneSet objects (the others are still their line)."""
+    return sum(isinstance(entry, GeneSet) for entry in pack.gene_sets._entries.values())
+
+
+def test_the_expectations_look_ups_make_no_gene_set_before_it_is_used(tmp_path: Path) -> None:
+    """Before the GPU job a run reads only the sets' names (the expectations' search and look-ups); the
+    9k sets' gene frozensets are made when a set is used, or all at once by the round while its job runs."""
+    pack = load_pack(copy_pack(tmp_path).as_uri())
+    assert pack.search_gene_sets("inflammatory response", limit=3)[0].name == "inflammatory response"
+    assert _made(pack) == 3  # the three returned, none other
+    inflammatory = pack.gene_set("GO:0006954")
+    assert _made(pack) == 3 and inflammatory is pack.gene_sets["GO:0006954"]
+
+    pack.gene_sets.make_all()
+    assert _made(pack) == len(pack.gene_sets)
+
+
+def test_a_gene_set_holds_its_line_of_the_packs_file(tmp_path: Path, pack) -> None:
+    lines = gzip.decompress((DEFAULT_PACK_DIR / "go_bp.gmt.gz").read_bytes()).decode().splitlines()
+    for line in (lines[0], lines[len(lines) // 2], lines[-1]):
+        set_id, name, *genes = line.split("\t")
+        gene_set = pack.gene_sets[set_id]
+        assert (gene_set.set_id, gene_set.name, gene_set.genes) == (set_id, name, frozenset(genes))
+        assert gene_set.collection == "GO BP"
+    assert list(pack.gene_sets)[:3] == [line.split("\t", 1)[0] for line in lines[:3]]  # the file's order
+
+
+def test_a_damaged_line_of_the_packs_gmt_is_named(tmp_path: Path) -> None:
+    """A pack whose digests were rewritten over a broken GMT (a hand edit) names the line, not a KeyError later."""
+    folder = copy_pack(tmp_path)
+    lines = gzip.decompress((folder / "go_bp.gmt.gz").read_bytes()).decode().splitlines()
+    lines[1] = lines[1].split("\t")[0]  # the id alone: no name, no genes
+    data = gzip.compress(("\n".join(lines) + "\n").encode())
+    (folder / "go_bp.gmt.gz").write_bytes(data)
+    manifest = json.loads((folder / "pack.json").read_text())
+    for entry in manifest["files"]:
+        if entry["name"] == "go_bp.gmt.gz":
+            entry["sha256"] = knowledge_pack.sha256_file(folder / "go_bp.gmt.gz")
+    (folder / "pack.json").write_text(json.dumps(manifest))
+    with pytest.raises(PackError, match=r"go_bp.gmt.gz, line 2: .*rebuild"):
         load_pack(folder.as_uri())
 
 
