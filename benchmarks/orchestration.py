@@ -1,6 +1,6 @@
 """An analysis run's time outside its GPU job, against a trivial flow on the same pool, on the local stack.
 
-    .venv/bin/python -m benchmarks.orchestration [--max-iterations 1 --keep --timeline]
+    .venv/bin/python -m benchmarks.orchestration [--max-iterations 1 --keep --timeline --postgres]
 
 One local stack (deployments/local_stack.py: Prefect server on SQLite, the deployments, a process
 worker, the API) runs, in this order: the trivial flow (a flow with one task, deployed here to the
@@ -23,6 +23,7 @@ Target (issue 15): outside the job <= the trivial flow's total + 3 s.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -260,6 +261,7 @@ def report(runs: list[Timed]) -> bool:
 
 def main() -> int:
     from deployments.local_stack import running_local_stack
+    from tests.postgres_server import running_postgres
     from tests.small_inputs import make_inputs
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -268,14 +270,22 @@ def main() -> int:
     parser.add_argument(
         "--timeline", action="store_true", help="print the analysis run's flow runs, task runs and logs timed from the POST"
     )
+    parser.add_argument(
+        "--postgres", action="store_true",
+        help="the Prefect server on PostgreSQL (production's database; Debian's postgresql package) instead of SQLite",
+    )
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="stackflows-bench-orchestration-"))
     try:
         t0 = time.perf_counter()
         inputs = make_inputs(home / "data")
-        with running_local_stack(home, home / "data", TOKEN) as stack:
-            print(f"inputs and local stack up in {time.perf_counter() - t0:.0f} s (load {os.getloadavg()[0]:.1f})")
+        with contextlib.ExitStack() as running:
+            database_url = running.enter_context(running_postgres()) if args.postgres else None
+            stack = running.enter_context(running_local_stack(home, home / "data", TOKEN, database_url=database_url))
+            database = "PostgreSQL" if args.postgres else "SQLite"
+            print(f"inputs and local stack (Prefect server on {database}) up in {time.perf_counter() - t0:.0f} s "
+                  f"(load {os.getloadavg()[0]:.1f})")
             deployment_id = deploy_trivial(stack)
             body = inputs.request_body("How do monocytes look among B cells?", max_iterations=args.max_iterations)
             runs = [
