@@ -264,11 +264,12 @@ def running_local_stack(
 
 
 def start_prefect_server(port: int, env: dict[str, str], logs: Path, timeout: float = SERVER_START_S) -> Process:
-    """``prefect server start`` on 127.0.0.1:``port``, returned once its health check answers.
+    """``prefect server start`` on 127.0.0.1:``port``, returned once its health check answers; through
+    ``deployments.prefect_server``, so that on SQLite a write transaction never fails on a stale read.
 
     The server requires the auth string its clients send (``PREFECT_API_AUTH_STRING`` in ``env``).
     """
-    command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    command = [sys.executable, "-m", "deployments.prefect_server", "--host", "127.0.0.1", "--port", str(port)]
     server_env = dict(env)
     if env.get("PREFECT_API_AUTH_STRING"):
         server_env["PREFECT_SERVER_API_AUTH_STRING"] = env["PREFECT_API_AUTH_STRING"]
