@@ -13,6 +13,7 @@ bypassing the API's token and URI checks. It starts with ``PREFECT_SERVER_API_AU
 from __future__ import annotations
 
 import base64
+import compileall
 import os
 import secrets
 import subprocess
@@ -29,6 +30,7 @@ from deployments.processes import Process, free_port, start, wait_until
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 LOCAL_POOL = "stackflows-local"
+CODE_PACKAGES = ("flows", "tasks", "clients", "inference", "api", "deployments", "workers")
 SERVER_START_S = 120  # a cold `prefect server start` on a busy 2-core machine
 FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
 # Seconds between flow-run heartbeats (Prefect's minimum): the set-up's zombie automation reads the
@@ -233,6 +235,7 @@ def running_local_stack(
 
     ``extra_env`` adds settings on top of the stack's own (e.g. a checkpoint URI, injected faults).
     """
+    compile_project_code()
     home.mkdir(parents=True, exist_ok=True)
     logs = home / "logs"
     logs.mkdir(exist_ok=True)
@@ -261,6 +264,18 @@ def running_local_stack(
     finally:
         for process in reversed(stack.processes):
             process.stop()
+
+
+def compile_project_code(root: Path = PROJECT_DIR) -> None:
+    """Byte-compile the checkout's code, so that each flow run and GPU job (a new process each) loads it
+    instead of compiling it from source.
+
+    Python writes these caches on import, unless ``PYTHONDONTWRITEBYTECODE`` is set (CI machines and
+    containers set it); then every flow-run process compiled the analysis flow's ~90 modules again,
+    0.2-0.3 s of its start. Up-to-date caches are left as they are; a read-only checkout is no error.
+    """
+    for package in CODE_PACKAGES:
+        compileall.compile_dir(root / package, quiet=2)
 
 
 def start_prefect_server(port: int, env: dict[str, str], logs: Path, timeout: float = SERVER_START_S) -> Process:
