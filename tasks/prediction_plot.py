@@ -21,7 +21,7 @@ import scipy.sparse as sp
 
 from inference import gene_means as means_mod
 from inference.contract import GENE_MEANS_COLUMNS, MatrixLocation
-from tasks.grounding.plots import headless_pyplot
+from tasks.grounding.plots import headless_pyplot, save_png
 
 if TYPE_CHECKING:
     import anndata as ad
@@ -136,9 +136,7 @@ def draw_panels(drawn: list[Panel], out: Path) -> Path:
         ax.set_title(f"context: {panel.context}", fontsize=9)
         ax.set_xlabel("query input, mean log1p CPM")
         ax.set_ylabel("predicted, mean log1p CPM")
-    fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    save_png(fig, out)
     return out
 

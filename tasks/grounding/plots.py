@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Protocol, get_args
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO, Protocol, get_args
 
 import numpy as np
 import pandas as pd
@@ -48,11 +49,22 @@ def headless_pyplot():
     return plt
 
 
+def save_png(fig: Figure, target: str | Path | BinaryIO) -> None:
+    """Lay the figure out, write it as a PNG and close it, drawing it once.
+
+    After ``tight_layout`` a figure keeps a placeholder layout engine, for which ``savefig`` draws it
+    once more (without rendering) before the drawing it writes. Without the engine the bytes are the
+    same and the save takes about a tenth less CPU time.
+    """
+    fig.tight_layout()
+    fig.set_layout_engine(None)  # the placeholder's removal ("none" would keep it)
+    fig.savefig(target, format="png", dpi=110)
+    headless_pyplot().close(fig)
+
+
 def _png(fig: Figure) -> bytes:
     buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png", dpi=110)
-    headless_pyplot().close(fig)
+    save_png(fig, buffer)
     return buffer.getvalue()
 
 

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from inference.contract import GeneChange, JobManifest, PredictionSummary, SplitSummary, StackJobSpec
-from tasks.grounding.plots import enrichment_bar_png, neg_log10, volcano_png
+from tasks.grounding.plots import enrichment_bar_png, headless_pyplot, neg_log10, save_png, volcano_png
 from tasks.grounding.caveats import DESCRIPTIVE_P as DESCRIPTIVE_P_CAVEAT
 from tasks.grounding.caveats import QUERY_AS_CONTROL as QUERY_AS_CONTROL_CAVEAT
 from tasks.report import (
@@ -192,3 +192,28 @@ def test_the_figures_are_pngs_and_a_q_of_zero_stays_finite(tmp_path) -> None:
     assert mpimg.imread(io.BytesIO(png), format="png").shape[2] in (3, 4)
     assert mpimg.imread(io.BytesIO(enrichment_bar_png(grounded.evaluation().enrichment)), format="png").ndim == 3
     assert neg_log10([0.0, 1.0, 0.01]).tolist() == pytest.approx([300.0, 0.0, 2.0])
+
+
+def test_a_figure_is_laid_out_and_drawn_once_when_saved_and_its_png_is_unchanged() -> None:
+    """``tight_layout`` leaves a placeholder layout engine, for which ``savefig`` draws the figure a
+    second time (without rendering) before the drawing it writes; the report's figures skip that pass."""
+
+    def bar_chart():
+        fig, ax = headless_pyplot().subplots(figsize=(7.0, 4.0))
+        ax.barh(range(15), range(15))
+        ax.set_yticks(range(15), [f"regulation of a biological process, set {i}" for i in range(15)], fontsize=7)
+        draws: list[object] = []
+        fig.canvas.mpl_connect("draw_event", draws.append)
+        return fig, draws
+
+    fig, draws = bar_chart()
+    saved = io.BytesIO()
+    save_png(fig, saved)
+    assert len(draws) == 1
+
+    fig, draws = bar_chart()
+    plain = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(plain, format="png", dpi=110)
+    assert len(draws) == 2  # matplotlib's own way: two drawings
+    assert saved.getvalue() == plain.getvalue()
