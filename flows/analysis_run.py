@@ -27,6 +27,7 @@ from clients.loop_settings import LoopSettings
 from clients.settings import get_settings
 from clients.storage import join_uri
 from flows.analysis_round import LoopLimits, analysis_round
+from flows.background_imports import SUBFLOW_START, import_in_background
 from flows.faults import fault_point
 from flows.stack_inference import cancel_gpu_jobs_of_flow_run
 from tasks.agent.steps import interpret, set_expectations, start_loading_pack
@@ -68,8 +69,10 @@ def analysis_run(request: AnalysisRequest) -> AnalysisReport:
     run_id = str(FlowRunContext.get().flow_run.id)
     run_prefix = join_uri(settings.storage_root, "runs", run_id)
 
-    # The expectations' knowledge pack (~0.5 s to read) is read on a thread while the inputs are checked.
+    # The expectations' knowledge pack (~0.5 s to read), and what the first subflow's start imports,
+    # are read on threads while the inputs are checked.
     pack_loading = start_loading_pack(request)
+    import_in_background(SUBFLOW_START)
 
     # Inputs first: a bad file is reported before any OCR or GPU time is spent.
     model = resolve_model_files(request.checkpoint_uri, request.gene_list_uri)
